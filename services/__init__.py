@@ -1,0 +1,1 @@
+"""Tether's services: the gateway, the presence service and the notifier."""

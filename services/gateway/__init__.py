@@ -1,0 +1,1 @@
+"""The gateway: bridges WebSockets and HTTP to the session log on NATS JetStream."""

@@ -1,0 +1,123 @@
+"""The gateway process: aiohttp app, NATS connection, start-up and shutdown order.
+
+Start-up: connect to NATS, ensure the session stream, serve. Shutdown (SIGTERM or
+SIGINT): stop accepting, close every WebSocket with 1012 (service restart: reconnect,
+possibly elsewhere, with ``since``), drain NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import orjson
+import structlog
+from aiohttp import WSCloseCode, web
+from nats.aio.client import Client as NATS
+
+from services.gateway import http, ws
+from services.gateway.hub import Hubs
+from services.gateway.settings import GatewaySettings
+from shared import natsconn
+from shared.streams import ensure_stream
+from shared.tokens import Claims, verify
+
+if TYPE_CHECKING:
+    from services.gateway.ws import Connection
+
+log = structlog.get_logger(__name__)
+
+
+class Gateway:
+    """The state one gateway process shares between its handlers."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self._nc: NATS | None = None
+        self._hubs: Hubs | None = None
+        self.connections: set[Connection] = set()
+        self.counters: Counter[str] = Counter()
+        self.runner: web.AppRunner | None = None
+        self.port = settings.port
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise RuntimeError("gateway is not started")
+        return self._nc
+
+    @property
+    def hubs(self) -> Hubs:
+        if self._hubs is None:
+            raise RuntimeError("gateway is not started")
+        return self._hubs
+
+    def authenticate(self, request: web.Request) -> Claims:
+        """Verify the token from ``Authorization: Bearer`` or ``?token=``."""
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        token = token or request.query.get("token")
+        return verify(
+            token,
+            self.settings.jwt_secret,
+            audience=self.settings.jwt_audience,
+            issuer=self.settings.jwt_issuer,
+        )
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_frame_bytes)
+        app["gateway"] = self
+        app.router.add_get("/v1/sessions/{session}/ws", ws.handle)
+        app.router.add_get("/v1/sessions/{session}/events", http.events)
+        app.router.add_post("/v1/sessions/{session}/messages", http.post_message)
+        app.router.add_get("/healthz", http.healthz)
+        return app
+
+    async def start(self) -> None:
+        self._nc = await natsconn.connect(self.settings.nats, on_reconnect=self._on_reconnect)
+        await ensure_stream(self._nc, self.settings.log)
+        self._hubs = Hubs(self._nc, self.settings.log.stream)
+        # access_log=None: the access log would print ?token= query strings.
+        self.runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0
+        )
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info("gateway_listening", host=self.settings.host, port=self.port)
+
+    async def _on_reconnect(self) -> None:
+        if self._hubs is not None:
+            await self._hubs.resync_all()
+
+    async def stop(self) -> None:
+        log.info("gateway_stopping", connections=len(self.connections))
+        for connection in list(self.connections):
+            await connection.ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"restarting")
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+        log.info("gateway_stopped")
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Run a gateway until SIGTERM or SIGINT."""
+    gateway = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    print(
+        orjson.dumps({"event": "ready", "service": "gateway", "port": gateway.port}).decode(),
+        flush=True,
+    )
+    await stop.wait()
+    await gateway.stop()

@@ -1,0 +1,113 @@
+"""The gateway's HTTP endpoints: history, send, health."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+
+from services.gateway import replay
+from services.gateway.messages import publish_user_message
+from services.gateway.ws import MAX_TEXT, parse_since
+from shared import wire
+from shared.errors import BadFrame, ClientError
+from shared.ids import check_id, new_id
+
+if TYPE_CHECKING:
+    from services.gateway.app import Gateway
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def error_response(error: ClientError) -> web.Response:
+    return json_response({"error": error.as_dict()}, status=error.http_status)
+
+
+def parse_limit(raw: str | None, maximum: int) -> int:
+    if raw is None or raw == "":
+        return min(100, maximum)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadFrame(f"limit has value {raw[:40]!r}, not an integer") from None
+    if not 1 <= value <= maximum:
+        raise BadFrame(f"limit must be between 1 and {maximum}")
+    return value
+
+
+async def events(request: web.Request) -> web.Response:
+    """``GET /v1/sessions/{id}/events?since=&limit=``: compacted, paginated history."""
+    gateway: Gateway = request.app["gateway"]
+    try:
+        session = check_id(request.match_info["session"])
+        claims = gateway.authenticate(request)
+        claims.require(session)
+        since = parse_since(request.query.get("since"))
+        limit = parse_limit(request.query.get("limit"), gateway.settings.history_limit)
+        position = await replay.locate(
+            gateway.nc, gateway.settings.log.stream, since, request.query.get("epoch")
+        )
+        chunk = await anext(
+            replay.pages(
+                gateway.nc,
+                gateway.settings.log.stream,
+                session,
+                position.since,
+                page_size=limit,
+                limit=limit,
+            )
+        )
+    except ClientError as error:
+        return error_response(error)
+    return json_response(
+        {
+            "session": session,
+            "epoch": position.epoch,
+            "head": position.head,
+            "since": position.since,
+            "recovered": position.recovered,
+            "events": [{"seq": seq, "event": event} for seq, event in chunk.events],
+            "next": chunk.last_seq,
+            "more": chunk.more,
+        }
+    )
+
+
+async def post_message(request: web.Request) -> web.Response:
+    """``POST /v1/sessions/{id}/messages`` with ``{"id": ..., "text": ...}``."""
+    gateway: Gateway = request.app["gateway"]
+    try:
+        session = check_id(request.match_info["session"])
+        claims = gateway.authenticate(request)
+        claims.require(session)
+        body = await request.read()
+        frame = wire.parse_json_object(body, "request body")
+        message_id = frame.get("id")
+        message_id = check_id(message_id, "message id") if message_id is not None else new_id("u-")
+        text = wire.require_str(frame, "text", max_len=MAX_TEXT)
+        stored = await publish_user_message(gateway.nc, session, message_id, text, claims.subject)
+    except ClientError as error:
+        return error_response(error)
+    gateway.counters["messages_in"] += 1
+    return json_response(
+        {"id": stored.message, "seq": stored.seq, "duplicate": stored.duplicate},
+        status=200 if stored.duplicate else 201,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    gateway: Gateway = request.app["gateway"]
+    connected = gateway.nc.is_connected
+    return json_response(
+        {
+            "status": "ok" if connected else "degraded",
+            "nats": connected,
+            "connections": len(gateway.connections),
+            **gateway.hubs.stats(),
+            "counters": gateway.counters,
+        },
+        status=200 if connected else 503,
+    )

@@ -1,0 +1,160 @@
+"""One live subscription per (gateway, active session), shared by that session's devices.
+
+The stream republishes every stored event to ``tether.live.{session}...`` with its
+``Nats-Sequence``. A hub parses and serialises each event once, then offers the frame to
+every device. After a NATS reconnect (or a slow-consumer error) a hub may have missed
+live messages, so it resyncs: it buffers live frames, reads the log after the last
+sequence it saw, offers that, then releases the buffer. Devices drop what they already
+have, so nothing is delivered twice or out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from services.gateway.device import Device
+from shared import history, subjects, wire
+
+log = structlog.get_logger(__name__)
+
+
+class SessionHub:
+    """The live feed of one session on this gateway."""
+
+    def __init__(self, hubs: Hubs, session: str) -> None:
+        self.hubs = hubs
+        self.session = session
+        self.devices: set[Device] = set()
+        self.last_seq = 0
+        self.subscription: Subscription | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._resyncing = False
+        self._held: list[tuple[int, bytes]] = []
+
+    async def open(self) -> None:
+        try:
+            self.subscription = await self.hubs.nc.subscribe(
+                subjects.live_filter(self.session),
+                cb=self._on_message,
+                pending_msgs_limit=1_000_000,
+                pending_bytes_limit=512 * 1024 * 1024,
+            )
+            await self.hubs.nc.flush()  # the server has our interest before anyone reads history
+            self.ready.set_result(None)
+        except BaseException as exc:
+            self.ready.set_exception(exc)
+            raise
+
+    async def _on_message(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        try:
+            seq = int(headers[subjects.SEQUENCE])
+        except (KeyError, ValueError):
+            self.hubs.malformed += 1
+            log.warning("live_message_without_sequence", session=self.session)
+            return
+        event = wire.decode_event(msg.data)
+        if event is None:
+            self.hubs.malformed += 1
+            log.warning("event_malformed", session=self.session, seq=seq)
+            self.last_seq = max(self.last_seq, seq)
+            return
+        self.deliver(seq, wire.event_frame(seq, event))
+
+    def deliver(self, seq: int, frame: bytes) -> None:
+        if self._resyncing:
+            self._held.append((seq, frame))
+            return
+        self.last_seq = max(self.last_seq, seq)
+        for device in tuple(self.devices):
+            device.offer(seq, frame)
+
+    def caught_up(self, seq: int) -> None:
+        """A device finished its replay at ``seq``: nothing before it needs resyncing."""
+        self.last_seq = max(self.last_seq, seq)
+
+    async def resync(self) -> None:
+        """Offer every stored event after ``last_seq`` (after a possible loss of live messages)."""
+        if self._resyncing:
+            return
+        self._resyncing = True
+        try:
+            more = True
+            while more:
+                page = await history.read(
+                    self.hubs.nc, self.hubs.stream, self.session, self.last_seq
+                )
+                for stored in page.events:
+                    frame = wire.event_frame(stored.seq, stored.event)
+                    for device in tuple(self.devices):
+                        device.offer(stored.seq, frame)
+                self.last_seq = max(self.last_seq, page.last_seq)
+                more = page.more
+            log.info("hub_resynced", session=self.session, last_seq=self.last_seq)
+        except Exception as exc:  # noqa: BLE001 - keep serving; the next reconnect retries
+            log.warning("hub_resync_failed", session=self.session, error=repr(exc))
+        finally:
+            self._resyncing = False
+            held, self._held = self._held, []
+            for seq, frame in held:
+                self.deliver(seq, frame)
+
+    async def close(self) -> None:
+        if self.subscription is not None:
+            try:
+                await self.subscription.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection already closed
+                pass
+
+
+class Hubs:
+    """Every active session hub of this gateway."""
+
+    def __init__(self, nc: NATS, stream: str) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.hubs: dict[str, SessionHub] = {}
+        self.malformed = 0
+
+    async def join(self, session: str, device: Device) -> SessionHub:
+        """Add a device; subscribes to the session's live feed if it is the first."""
+        hub = self.hubs.get(session)
+        if hub is None:
+            hub = SessionHub(self, session)
+            self.hubs[session] = hub
+            hub.devices.add(device)
+            try:
+                await hub.open()
+            except BaseException:
+                self.hubs.pop(session, None)
+                raise
+        else:
+            hub.devices.add(device)
+            await asyncio.shield(hub.ready)
+        return hub
+
+    async def leave(self, session: str, device: Device) -> None:
+        hub = self.hubs.get(session)
+        if hub is None:
+            return
+        hub.devices.discard(device)
+        if not hub.devices and hub.ready.done():
+            del self.hubs[session]
+            await hub.close()
+
+    async def resync_all(self) -> None:
+        """Called after NATS reconnects: live messages may have been lost meanwhile."""
+        await asyncio.gather(*(hub.resync() for hub in list(self.hubs.values())))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "sessions": len(self.hubs),
+            "devices": sum(len(h.devices) for h in self.hubs.values()),
+            "malformed_events": self.malformed,
+        }

@@ -1,0 +1,1 @@
+"""The presence service (issue 3): who is in a session, agent state, crashes as events."""

@@ -1,0 +1,349 @@
+"""The Python agent SDK: publish an agent's output into a named session, straight to NATS.
+
+    client = await connect()                       # TETHER_NATS_URL or nats://127.0.0.1:4222
+    session = client.session("support-42")
+    async with session.run() as run:               # run.started ... run.completed / run.failed
+        message = run.message()
+        await message.start()
+        for token in tokens:
+            await message.append(token)            # coalesced per ``coalesce_ms``
+        await message.complete()                   # full text stored; deltas rolled up
+
+Every publish carries a deterministic ``Nats-Msg-Id`` (session, message or run, part), so
+a retried publish is stored once. Ids derive from the run id: pass a stable ``run_id``
+(for example from a Temporal workflow) and a retried agent republishes the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError
+
+from shared import natsconn, subjects, wire
+from shared.errors import PublishError, TetherError
+from shared.ids import check_id, new_id
+from shared.settings import Env, LogSettings, NatsSettings
+from shared.streams import ensure_stream
+
+log = structlog.get_logger(__name__)
+
+PUBLISH_ATTEMPTS = 5
+PUBLISH_TIMEOUT = 2.0
+
+
+class Client:
+    """A connection to NATS for one agent process; open sessions from it."""
+
+    def __init__(self, nc: NATS, log_settings: LogSettings, *, coalesce_ms: float = 0.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        self.log_settings = log_settings
+        self.coalesce_ms = coalesce_ms
+
+    def session(self, session_id: str, *, ttl_seconds: int | None = None) -> Session:
+        """Open a session by name (nothing is sent until the first event)."""
+        return Session(self, check_id(session_id), ttl_seconds=ttl_seconds)
+
+    async def publish(
+        self,
+        subject: str,
+        event: dict[str, Any],
+        dedupe_id: str,
+        *,
+        rollup: bool = False,
+        ttl_seconds: int | None = None,
+    ) -> int:
+        """Store one event; retry on timeouts with the same dedupe id. Returns its sequence."""
+        headers = {subjects.MSG_ID: dedupe_id}
+        if rollup:
+            headers[subjects.ROLLUP] = "sub"
+        if ttl_seconds is not None:
+            headers[subjects.TTL] = f"{ttl_seconds}s"
+        payload = wire.dumps(event)
+        delay = 0.1
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                ack = await self.js.publish(subject, payload, headers=headers)
+                return int(ack.seq)
+            except (TimeoutError, NatsTimeoutError, APIError) as exc:
+                if isinstance(exc, APIError) and exc.code not in (None, 503):
+                    raise PublishError(f"JetStream refused {subject}: {exc.description}") from exc
+                log.warning("publish_retry", subject=subject, attempt=attempt, error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise PublishError(
+            f"JetStream did not acknowledge {subject} after {PUBLISH_ATTEMPTS} tries"
+        )
+
+    async def close(self) -> None:
+        await self.nc.drain()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def connect(
+    settings: NatsSettings | None = None,
+    *,
+    log_settings: LogSettings | None = None,
+    coalesce_ms: float | None = None,
+    ensure: bool = True,
+) -> Client:
+    """Connect an agent to NATS (settings from the environment when not given).
+
+    ``coalesce_ms`` (env ``TETHER_COALESCE_MS``, default 0) is the delta coalescing window:
+    0 publishes every ``append``; 40 rolls appends up in 40 ms windows.
+    """
+    env = Env()
+    settings = settings or NatsSettings.from_env(env, name="tether-agent")
+    log_settings = log_settings or LogSettings.from_env(env)
+    window = (
+        env.number("TETHER_COALESCE_MS", 0.0, minimum=0) if coalesce_ms is None else coalesce_ms
+    )
+    nc = await natsconn.connect(settings)
+    if ensure:
+        await ensure_stream(nc, log_settings)
+    return Client(nc, log_settings, coalesce_ms=window)
+
+
+class Session:
+    """A named session; every device and agent instance addresses it by this id."""
+
+    def __init__(self, client: Client, session_id: str, *, ttl_seconds: int | None) -> None:
+        self.client = client
+        self.id = session_id
+        self.ttl_seconds = ttl_seconds
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = {"v": wire.ENVELOPE_VERSION, "type": kind, "session": self.id, "ts": wire.now_ms()}
+        event.update({k: v for k, v in fields.items() if v is not None})
+        return event
+
+    async def _publish(
+        self, subject: str, event: dict[str, Any], dedupe: str, *, rollup: bool = False
+    ) -> int:
+        return await self.client.publish(
+            subject, event, dedupe, rollup=rollup, ttl_seconds=self.ttl_seconds
+        )
+
+    @asynccontextmanager
+    async def run(self, run_id: str | None = None, **data: Any) -> AsyncIterator[Run]:
+        """A run: ``run.started`` on entry, ``run.completed`` or ``run.failed`` on exit."""
+        run = Run(self, check_id(run_id, "run id") if run_id else new_id("run-"))
+        await run.start(**data)
+        try:
+            yield run
+        except asyncio.CancelledError:
+            await asyncio.shield(run.cancel("task cancelled"))
+            raise
+        except BaseException as exc:
+            if not run.ended:
+                await run.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        if not run.ended:
+            await run.complete()
+
+    async def post(
+        self,
+        text: str,
+        *,
+        message_id: str | None = None,
+        role: str = "agent",
+        run: str | None = None,
+    ) -> int:
+        """Publish a whole message in one event (``message.created``)."""
+        mid = check_id(message_id, "message id") if message_id else new_id("msg-")
+        subject = (subjects.user_message if role == "user" else subjects.agent_message)(
+            self.id, mid
+        )
+        event = self._event(wire.MESSAGE_CREATED, message=mid, role=role, text=text, run=run)
+        return await self._publish(
+            subject, event, wire.msg_id(self.id, mid, "created"), rollup=True
+        )
+
+    async def edit(self, message_id: str, text: str, *, role: str = "agent") -> int:
+        """Replace a message's text; replay shows only the edited message."""
+        subject = (subjects.user_message if role == "user" else subjects.agent_message)(
+            self.id, message_id
+        )
+        event = self._event(wire.MESSAGE_EDIT, message=message_id, role=role, text=text)
+        return await self._publish(
+            subject, event, wire.msg_id(self.id, message_id, f"edit-{wire.now_ms()}"), rollup=True
+        )
+
+    async def delete(self, message_id: str, *, role: str = "agent") -> int:
+        """Delete a message; replay keeps only a tombstone."""
+        subject = (subjects.user_message if role == "user" else subjects.agent_message)(
+            self.id, message_id
+        )
+        event = self._event(wire.MESSAGE_DELETE, message=message_id, role=role)
+        return await self._publish(
+            subject, event, wire.msg_id(self.id, message_id, "delete"), rollup=True
+        )
+
+
+class Run:
+    """One agent run inside a session: its lifecycle events and the messages it streams."""
+
+    def __init__(self, session: Session, run_id: str) -> None:
+        self.session = session
+        self.id = run_id
+        self.ended = False
+        self._messages = 0
+        self._progress = 0
+
+    async def _lifecycle(self, kind: str, part: str, **fields: Any) -> int:
+        s = self.session
+        event = s._event(kind, run=self.id, **fields)
+        return await s._publish(
+            subjects.run_events(s.id, self.id), event, wire.msg_id(s.id, self.id, part)
+        )
+
+    async def start(self, **data: Any) -> int:
+        return await self._lifecycle(wire.RUN_STARTED, "started", data=data or None)
+
+    async def progress(
+        self, *, step: str | None = None, tool: str | None = None, **data: Any
+    ) -> int:
+        """Report a step or a tool call (``run.progress``)."""
+        self._progress += 1
+        return await self._lifecycle(
+            wire.RUN_PROGRESS, f"p{self._progress}", step=step, tool=tool, data=data or None
+        )
+
+    async def complete(self, **data: Any) -> int:
+        self.ended = True
+        return await self._lifecycle(wire.RUN_COMPLETED, "end", data=data or None)
+
+    async def fail(self, error: str) -> int:
+        self.ended = True
+        return await self._lifecycle(wire.RUN_FAILED, "end", error=error)
+
+    async def cancel(self, reason: str = "") -> int:
+        self.ended = True
+        return await self._lifecycle(wire.RUN_CANCELLED, "end", reason=reason or None)
+
+    def message(
+        self, message_id: str | None = None, *, coalesce_ms: float | None = None
+    ) -> Message:
+        """A streamed agent message; its id defaults to ``{run}-m{n}`` (deterministic)."""
+        self._messages += 1
+        mid = check_id(message_id, "message id") if message_id else f"{self.id}-m{self._messages}"
+        window = self.session.client.coalesce_ms if coalesce_ms is None else coalesce_ms
+        return Message(self.session, self.id, mid, window)
+
+
+class Message:
+    """A streamed agent message: ``start()``, ``append(delta)``..., ``complete()``."""
+
+    def __init__(
+        self, session: Session, run_id: str | None, message_id: str, coalesce_ms: float
+    ) -> None:
+        self.session = session
+        self.run_id = run_id
+        self.id = message_id
+        self.subject = subjects.agent_message(session.id, message_id)
+        self.coalesce = coalesce_ms / 1000.0
+        self.text = ""
+        self.chunks = 0
+        self.started = False
+        self.completed = False
+        self._buffer: list[str] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._error: BaseException | None = None
+
+    def _dedupe(self, part: str) -> str:
+        return wire.msg_id(self.session.id, self.id, part)
+
+    async def start(self, **data: Any) -> int:
+        self.started = True
+        event = self.session._event(
+            wire.MESSAGE_START, message=self.id, run=self.run_id, role="agent", data=data or None
+        )
+        return await self.session._publish(self.subject, event, self._dedupe("start"))
+
+    async def append(self, delta: str) -> None:
+        """Add text; published at once (window 0) or at the end of the coalescing window."""
+        self._check()
+        if not self.started:
+            await self.start()
+        if not delta:
+            return
+        self._buffer.append(delta)
+        if self.coalesce <= 0:
+            await self.flush()
+        elif self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.coalesce)
+        self._flush_task = None
+        try:
+            await self.flush()
+        except BaseException as exc:  # surfaced on the next append or complete
+            self._error = exc
+
+    async def flush(self) -> None:
+        """Publish what is buffered as one ``message.delta``."""
+        async with self._lock:
+            if not self._buffer:
+                return
+            text = "".join(self._buffer)
+            self._buffer.clear()
+            index = self.chunks
+            event = self.session._event(wire.MESSAGE_DELTA, message=self.id, i=index, text=text)
+            await self.session._publish(self.subject, event, self._dedupe(str(index)))
+            self.chunks += 1
+            self.text += text
+
+    async def reset(self, text: str = "") -> None:
+        """Replace everything streamed so far with ``text``; devices replace, not append."""
+        self._check()
+        await self.flush()
+        async with self._lock:
+            index = self.chunks
+            event = self.session._event(wire.MESSAGE_RESET, message=self.id, i=index, text=text)
+            await self.session._publish(self.subject, event, self._dedupe(str(index)))
+            self.chunks += 1
+            self.text = text
+
+    async def complete(self, **data: Any) -> int:
+        """Publish the full text as ``message.complete``; the stored deltas are rolled up."""
+        self._check()
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            self._flush_task = None
+        if not self.started:
+            await self.start()
+        await self.flush()
+        self.completed = True
+        event = self.session._event(
+            wire.MESSAGE_COMPLETE,
+            message=self.id,
+            run=self.run_id,
+            role="agent",
+            text=self.text,
+            chunks=self.chunks,
+            data=data or None,
+        )
+        return await self.session._publish(
+            self.subject, event, self._dedupe("complete"), rollup=True
+        )
+
+    def _check(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise PublishError(f"a coalesced publish failed: {error!r}") from error
+        if self.completed:
+            raise TetherError(f"message {self.id} is already complete")

@@ -1,0 +1,236 @@
+"""The ``tether`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from shared import logs
+from shared.errors import ConfigError, TetherError
+from shared.ids import new_id
+from shared.settings import Env, Secret
+from shared.supervisor import dev_secret
+from shared.tokens import ROLES, mint
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("TETHER_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tether"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description="Durable agent sessions on NATS.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run nats-server, the gateway and the demo agent")
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="default: $TETHER_DATA_DIR or ~/.local/share/tether",
+    )
+    up.add_argument("--nats-url", default=None, help="use this NATS instead of the bundled one")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8080, help="gateway port")
+    up.add_argument("--nats-port", type=int, default=4222, help="bundled nats-server port")
+    up.add_argument("--no-demo-agent", action="store_true")
+
+    gw = sub.add_parser("gateway", help="run a gateway (settings from TETHER_* variables)")
+    gw.add_argument("--host", default=None)
+    gw.add_argument("--port", type=int, default=None)
+
+    sub.add_parser("demo-agent", help="run the demo agent")
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--gateway", default=os.environ.get("TETHER_GATEWAY_URL", "http://127.0.0.1:8080")
+        )
+        p.add_argument(
+            "--token",
+            default=os.environ.get("TETHER_TOKEN"),
+            help="default: $TETHER_TOKEN, else a dev token from the data dir",
+        )
+        p.add_argument("--data-dir", type=Path, default=None)
+
+    tail = sub.add_parser("tail", help="follow a session through the gateway")
+    tail.add_argument("session")
+    tail.add_argument("--since", type=int, default=0)
+    tail.add_argument("--raw", action="store_true", help="print every frame as JSON")
+    client_args(tail)
+
+    send = sub.add_parser("send", help="send a user message to a session")
+    send.add_argument("session")
+    send.add_argument("text")
+    send.add_argument("--id", default=None, help="message id (dedupe); default: random")
+    client_args(send)
+
+    token = sub.add_parser("token", help="mint a gateway access token")
+    token.add_argument(
+        "--sessions", nargs="+", default=["*"], help="session ids, prefix* patterns or *"
+    )
+    token.add_argument("--subject", default="dev")
+    token.add_argument("--role", choices=ROLES, default="user")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    token.add_argument("--data-dir", type=Path, default=None)
+    return parser
+
+
+def signing_secret(data_dir: Path | None) -> Secret:
+    secret = Env().secret("TETHER_JWT_SECRET")
+    return secret if secret else dev_secret(data_dir or default_data_dir())
+
+
+def client_token(args: argparse.Namespace) -> str:
+    if args.token:
+        return str(args.token)
+    return mint(signing_secret(args.data_dir), subject="cli", sessions=["*"], ttl_seconds=3600)
+
+
+async def cmd_tail(args: argparse.Namespace) -> int:
+    url = args.gateway.rstrip("/").replace("http", "ws", 1)
+    params = {"since": str(args.since), "token": client_token(args)}
+    texts: dict[str, str] = {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{url}/v1/sessions/{args.session}/ws", params=params) as ws,
+    ):
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            frame = orjson.loads(msg.data)
+            if args.raw:
+                print(msg.data, flush=True)
+                continue
+            print_frame(frame, texts)
+        if ws.close_code and ws.close_code >= 4000:
+            print(f"closed: {ws.close_code}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def print_frame(frame: dict[str, object], texts: dict[str, str]) -> None:
+    kind = frame.get("type")
+    if kind == "hello":
+        print(
+            f"# session {frame['session']} head={frame['head']} recovered={frame['recovered']}",
+            flush=True,
+        )
+    elif kind == "error":
+        print(f"! {frame.get('code')}: {frame.get('message')}", flush=True)
+    elif kind == "event":
+        event = frame["event"]
+        if not isinstance(event, dict):
+            return
+        etype, mid = event.get("type"), str(event.get("message", ""))
+        text = event.get("text") if isinstance(event.get("text"), str) else ""
+        if etype == "message.delta":
+            texts[mid] = texts.get(mid, "") + str(text)
+            print(text, end="", flush=True)
+        elif etype in ("message.snapshot", "message.reset"):
+            texts[mid] = str(text)
+            print(f"\n[{event.get('role', 'agent')} {mid}] {text}", end="", flush=True)
+        elif etype == "message.start":
+            print(f"\n[agent {mid}] ", end="", flush=True)
+        elif etype in ("message.complete",):
+            if texts.get(mid) != text:
+                print(f"\n[agent {mid}] {text}", end="")
+            print(flush=True)
+        elif etype in ("message.created", "message.edit"):
+            print(f"\n[{event.get('role')} {mid}] {text}", flush=True)
+        else:
+            print(f"\n<{etype}> {event.get('run', '')}", flush=True)
+
+
+async def cmd_send(args: argparse.Namespace) -> int:
+    url = args.gateway.rstrip("/")
+    body = {"id": args.id or new_id("cli-"), "text": args.text}
+    headers = {"Authorization": f"Bearer {client_token(args)}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/v1/sessions/{args.session}/messages", json=body, headers=headers) as resp,
+    ):
+        print(await resp.text())
+        return 0 if resp.status < 300 else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = run(args)
+    except ConfigError as exc:
+        print(f"tether: configuration error: {exc}", file=sys.stderr)
+        code = 2
+    except TetherError as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        code = 1
+    except aiohttp.ClientError as exc:
+        print(f"tether: cannot reach the gateway: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def run(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "up":
+        from shared.supervisor import up
+
+        logs.configure("tether-up")
+        data_dir = args.data_dir or default_data_dir()
+        return asyncio.run(
+            up(
+                data_dir,
+                nats_url=args.nats_url,
+                host=args.host,
+                port=args.port,
+                nats_port=args.nats_port,
+                demo_agent=not args.no_demo_agent,
+            )
+        )
+    if command == "gateway":
+        from services.gateway.app import serve
+        from services.gateway.settings import GatewaySettings
+
+        if args.host is not None:
+            os.environ["TETHER_GATEWAY_HOST"] = args.host
+        if args.port is not None:
+            os.environ["TETHER_GATEWAY_PORT"] = str(args.port)
+        logs.configure("gateway")
+        asyncio.run(serve(GatewaySettings.from_env()))
+        return 0
+    if command == "demo-agent":
+        from shared.demo_agent import run_demo_agent
+
+        logs.configure("demo-agent")
+        asyncio.run(run_demo_agent())
+        return 0
+    if command == "tail":
+        return asyncio.run(cmd_tail(args))
+    if command == "send":
+        return asyncio.run(cmd_send(args))
+    if command == "token":
+        print(
+            mint(
+                signing_secret(args.data_dir),
+                subject=args.subject,
+                sessions=args.sessions,
+                role=args.role,
+                ttl_seconds=args.ttl,
+            )
+        )
+        return 0
+    raise ConfigError(f"unknown command {command!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Every error Tether raises on purpose, in one flat module.
+
+Client-facing errors carry a stable ``code`` string, an HTTP status and a WebSocket
+close code; the values are documented in docs/protocol.md ("Errors and close codes").
+"""
+
+from __future__ import annotations
+
+
+class TetherError(Exception):
+    """Base class of every error raised on purpose by Tether."""
+
+
+class ConfigError(TetherError):
+    """A setting read from the environment or the command line is invalid."""
+
+
+class ClientError(TetherError):
+    """An error caused by what a client sent; reported to that client, never fatal."""
+
+    code = "bad_request"
+    http_status = 400
+    ws_close_code = 4400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidId(ClientError):
+    """A session, message or run id does not follow the id rules."""
+
+    code = "invalid_id"
+
+
+class BadFrame(ClientError):
+    """A client frame or request body is malformed (not JSON, wrong shape, unknown type)."""
+
+    code = "bad_frame"
+
+
+class FrameTooLarge(ClientError):
+    """A client frame or request body is larger than the configured maximum."""
+
+    code = "frame_too_large"
+    http_status = 413
+    ws_close_code = 1009
+
+
+class Unauthorized(ClientError):
+    """No token, or a token that is expired, malformed or wrongly signed."""
+
+    code = "unauthorized"
+    http_status = 401
+    ws_close_code = 4401
+
+
+class Forbidden(ClientError):
+    """A valid token that does not grant the requested session or action."""
+
+    code = "forbidden"
+    http_status = 403
+    ws_close_code = 4403
+
+
+class SlowClient(ClientError):
+    """A device stopped reading; its send queue overflowed. Reconnect with ``since``."""
+
+    code = "slow_client"
+    http_status = 503
+    ws_close_code = 4008
+
+
+class Unavailable(ClientError):
+    """NATS or JetStream did not answer in time; retry later."""
+
+    code = "unavailable"
+    http_status = 503
+    ws_close_code = 1011
+
+
+class ServerNotReady(TetherError):
+    """The embedded nats-server did not report readiness."""
+
+
+class PublishError(TetherError):
+    """JetStream did not acknowledge a publish (after the SDK's own retries)."""

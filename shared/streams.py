@@ -1,0 +1,113 @@
+"""The session log stream: its configuration, created or updated idempotently at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from nats.aio.client import Client as NATS
+
+from shared import subjects
+from shared.errors import TetherError
+from shared.settings import LogSettings
+
+log = structlog.get_logger(__name__)
+
+NANOS = 1_000_000_000
+API_TIMEOUT = 5.0
+
+
+def stream_config(settings: LogSettings) -> dict[str, Any]:
+    """The JetStream configuration of the session log (the JSON the server's API takes)."""
+    return {
+        "name": settings.stream,
+        "description": "Tether session log: one subject per message and per run",
+        "subjects": [subjects.STREAM_SUBJECTS],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": settings.replicas,
+        "discard": "old",
+        "max_age": int(settings.max_age_seconds * NANOS),
+        "max_bytes": settings.max_bytes,
+        "max_msgs": -1,
+        "max_msg_size": settings.max_msg_size,
+        "max_msgs_per_subject": settings.max_msgs_per_subject,
+        "duplicate_window": int(settings.duplicate_window_seconds * NANOS),
+        "allow_direct": True,
+        "allow_rollup_hdrs": True,
+        "allow_msg_ttl": True,
+        "deny_delete": False,
+        "deny_purge": False,
+        "republish": {"src": subjects.REPUBLISH_SOURCE, "dest": subjects.REPUBLISH_DEST},
+        "metadata": {"tether_layout": "1"},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """What a reader needs of the stream: its epoch and its sequence range."""
+
+    epoch: str
+    first_seq: int
+    last_seq: int
+
+
+async def _api(nc: NATS, subject: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = orjson.dumps(payload) if payload is not None else b""
+    reply = await nc.request(subject, body, timeout=API_TIMEOUT)
+    data: dict[str, Any] = orjson.loads(reply.data)
+    return data
+
+
+async def ensure_stream(nc: NATS, settings: LogSettings) -> StreamState:
+    """Create the session stream, or update it to the current configuration."""
+    config = stream_config(settings)
+    info = await _api(nc, f"$JS.API.STREAM.INFO.{settings.stream}")
+    if "error" in info:
+        if info["error"].get("err_code") != 10059:  # stream not found
+            raise TetherError(f"stream info failed: {info['error'].get('description')}")
+        info = await _api(nc, f"$JS.API.STREAM.CREATE.{settings.stream}", config)
+        action = "stream_created"
+    else:
+        if _matches(info["config"], config):
+            action = "stream_unchanged"
+        else:
+            info = await _api(nc, f"$JS.API.STREAM.UPDATE.{settings.stream}", config)
+            action = "stream_updated"
+    if "error" in info:
+        raise TetherError(
+            f"could not create or update stream {settings.stream}: "
+            f"{info['error'].get('description')}"
+        )
+    log.info(action, stream=settings.stream, replicas=settings.replicas)
+    return _state(info)
+
+
+def _matches(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """True when the server's config already has every value we set (it adds its own)."""
+    for key, value in wanted.items():
+        if key == "metadata":
+            have = current.get("metadata") or {}
+            if any(have.get(k) != v for k, v in value.items()):
+                return False
+        elif current.get(key) != value:
+            return False
+    return True
+
+
+async def stream_state(nc: NATS, stream: str) -> StreamState:
+    info = await _api(nc, f"$JS.API.STREAM.INFO.{stream}")
+    if "error" in info:
+        raise TetherError(f"stream {stream}: {info['error'].get('description')}")
+    return _state(info)
+
+
+def _state(info: dict[str, Any]) -> StreamState:
+    state = info["state"]
+    return StreamState(
+        epoch=str(info["created"]),
+        first_seq=int(state["first_seq"]),
+        last_seq=int(state["last_seq"]),
+    )

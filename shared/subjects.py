@@ -1,0 +1,80 @@
+"""Every NATS subject, stream and bucket name Tether uses, in one place.
+
+Session log subjects (stored in the session stream)::
+
+    tether.s.{session}.u.{message}   user messages and their edits / deletes
+    tether.s.{session}.a.{message}   agent messages: start, delta, complete, reset, edit, delete
+    tether.s.{session}.r.{run}       run lifecycle: started, progress, completed, failed, cancelled
+
+The stream republishes each stored message to ``tether.live.{...}`` (same tail) with the
+``Nats-Sequence`` header; gateways subscribe there for live fan-out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.ids import check_id
+
+PREFIX = "tether"
+LOG_ROOT = f"{PREFIX}.s"
+LIVE_ROOT = f"{PREFIX}.live"
+
+STREAM_SUBJECTS = f"{LOG_ROOT}.>"
+REPUBLISH_SOURCE = f"{LOG_ROOT}.>"
+REPUBLISH_DEST = f"{LIVE_ROOT}.>"
+
+DEFAULT_STREAM = "TETHER_SESSIONS"
+
+USER = "u"
+AGENT = "a"
+RUN = "r"
+KINDS = (USER, AGENT, RUN)
+
+# Headers of the wire contract.
+MSG_ID = "Nats-Msg-Id"
+ROLLUP = "Nats-Rollup"
+TTL = "Nats-TTL"
+SEQUENCE = "Nats-Sequence"
+STREAM_SUBJECT = "Nats-Subject"
+
+
+def session_filter(session: str) -> str:
+    """Every stored subject of one session (for history reads)."""
+    return f"{LOG_ROOT}.{check_id(session)}.>"
+
+
+def live_filter(session: str) -> str:
+    """Every republished (live) subject of one session."""
+    return f"{LIVE_ROOT}.{check_id(session)}.>"
+
+
+def user_message(session: str, message: str) -> str:
+    return f"{LOG_ROOT}.{check_id(session)}.{USER}.{check_id(message, 'message id')}"
+
+
+def agent_message(session: str, message: str) -> str:
+    return f"{LOG_ROOT}.{check_id(session)}.{AGENT}.{check_id(message, 'message id')}"
+
+
+def run_events(session: str, run: str) -> str:
+    return f"{LOG_ROOT}.{check_id(session)}.{RUN}.{check_id(run, 'run id')}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogSubject:
+    """A parsed session log subject (either the stored or the live form)."""
+
+    session: str
+    kind: str
+    key: str
+
+
+def parse(subject: str) -> LogSubject | None:
+    """Parse ``tether.s|live.{session}.{kind}.{key}``; None if it is not one."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != PREFIX or parts[1] not in ("s", "live"):
+        return None
+    if parts[3] not in KINDS:
+        return None
+    return LogSubject(session=parts[2], kind=parts[3], key=parts[4])

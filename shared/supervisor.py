@@ -1,0 +1,185 @@
+"""``tether up``: the bundled nats-server, the gateway and the demo agent as one process tree.
+
+Children are restarted with backoff when they die. SIGTERM or SIGINT stops them in
+reverse start order (demo agent, gateway, then nats-server), each with SIGTERM and a
+grace period before SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import structlog
+
+from shared.server import EmbeddedNats
+from shared.settings import Secret
+from shared.tokens import mint
+
+log = structlog.get_logger(__name__)
+
+STOP_GRACE = 10.0
+
+
+def dev_secret(data_dir: Path) -> Secret:
+    """The development signing secret kept in the data dir (created on first use)."""
+    path = data_dir / "dev-jwt-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    return Secret(path.read_text().strip())
+
+
+@dataclass
+class Child:
+    """A supervised ``tether <command>`` child process."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    process: asyncio.subprocess.Process | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_info: dict[str, object] = field(default_factory=dict)
+    stopping: bool = False
+    restarts: int = 0
+
+    async def spawn(self) -> None:
+        self.ready.clear()
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shared.cli",
+            *self.args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, **self.env},
+        )
+        log.info("child_started", child=self.name, pid=self.process.pid)
+        asyncio.create_task(self._read_stdout(self.process))
+
+    async def _read_stdout(self, process: asyncio.subprocess.Process) -> None:
+        if process.stdout is None:
+            return
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("{"):
+                try:
+                    info = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    info = None
+                if isinstance(info, dict) and info.get("event") == "ready":
+                    self.ready_info = info
+                    self.ready.set()
+                    continue
+            print(line, file=sys.stderr, flush=True)
+
+    async def supervise(self) -> None:
+        """Restart the child with backoff whenever it exits, until stopping."""
+        delay = 0.5
+        while not self.stopping:
+            if self.process is None:
+                await self.spawn()
+            process = self.process
+            if process is None:
+                return
+            code = await process.wait()
+            if self.stopping:
+                return
+            self.restarts += 1
+            log.warning("child_exited", child=self.name, code=code, restart_in=delay)
+            self.process = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE)
+        except TimeoutError:
+            log.warning("child_killed", child=self.name)
+            process.kill()
+            await process.wait()
+        log.info("child_stopped", child=self.name, code=process.returncode)
+
+
+async def up(
+    data_dir: Path,
+    *,
+    nats_url: str | None,
+    host: str,
+    port: int,
+    nats_port: int,
+    demo_agent: bool = True,
+) -> int:
+    """Run the whole suite until SIGTERM or SIGINT; returns the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    secret = dev_secret(data_dir)
+    env = {
+        "TETHER_JWT_SECRET": secret.reveal(),
+        "TETHER_GATEWAY_HOST": host,
+        "TETHER_GATEWAY_PORT": str(port),
+    }
+    server: EmbeddedNats | None = None
+    if nats_url is None:
+        server = EmbeddedNats(data_dir, port=nats_port)
+        await server.start()
+        env.update(server.client_env())
+    else:
+        env["TETHER_NATS_URL"] = nats_url
+
+    children = [Child("gateway", ["gateway"], env)]
+    if demo_agent:
+        children.append(Child("demo-agent", ["demo-agent"], env))
+    tasks = []
+    for child in children:
+        await child.spawn()
+        tasks.append(asyncio.create_task(child.supervise()))
+    gateway = children[0]
+    ready = asyncio.create_task(gateway.ready.wait())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if gateway.ready.is_set():
+        token = mint(secret, subject="dev", sessions=["*"], role="user", ttl_seconds=30 * 86400)
+        url = f"http://{host}:{gateway.ready_info.get('port', port)}"
+        banner = [
+            "",
+            "Tether is up.",
+            f"  gateway     {url}",
+            f"  websocket   {url.replace('http', 'ws', 1)}/v1/sessions/demo/ws?token=...",
+            f"  nats        {server.url if server else nats_url}",
+            f"  data dir    {data_dir}",
+            "  dev token   (all sessions, 30 days)",
+            f"  {token}",
+            "",
+            "Try:  tether send demo 'hello'   and   tether tail demo",
+            "Ctrl-C stops everything.",
+            "",
+        ]
+        print("\n".join(banner), flush=True)
+    await stop.wait()
+    log.info("shutting_down")
+    for child in reversed(children):
+        await child.stop()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if server is not None:
+        await server.stop()
+    log.info("stopped")
+    return 0
