@@ -7,14 +7,16 @@ Credentials are generated once and kept in ``{data_dir}/credentials.json`` (mode
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import sysconfig
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +112,12 @@ system_account: SYS
 
 
 class EmbeddedNats:
-    """A nats-server child process, started from a generated config in ``data_dir``."""
+    """A nats-server child process, started from a generated config in ``data_dir``.
+
+    Start and stop are blocking (a thread drains the server's output and watches for its
+    readiness line), so tests can share one server across event loops; async code calls
+    them through ``asyncio.to_thread``.
+    """
 
     def __init__(
         self,
@@ -125,8 +132,9 @@ class EmbeddedNats:
         self.port = port
         self.on_line = on_line
         self.creds = Credentials.load_or_create(data_dir)
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.output: deque[str] = deque(maxlen=50)
+        self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -149,72 +157,76 @@ class EmbeddedNats:
             "TETHER_NATS_PASSWORD": self.creds.app_password.reveal(),
         }
 
-    async def start(self, timeout: float = 15.0) -> None:
-        """Start nats-server and wait until it says it is ready."""
+    def start(self, timeout: float = 15.0) -> None:
+        """Start nats-server and block until it says it is ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "nats-server.conf"
         config.write_text(render_config(self.data_dir, self.host, self.port, self.creds))
         config.chmod(0o600)
-        self.process = await asyncio.create_subprocess_exec(
-            nats_server_binary(),
-            "-c",
-            str(config),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-c", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        ready = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read_output(ready))
-        try:
-            self.port = await asyncio.wait_for(ready, timeout)
-        except (TimeoutError, ServerNotReady) as exc:
-            await self.stop()
-            raise ServerNotReady(f"nats-server did not become ready: {exc}") from None
+        ready = threading.Event()
+        found: list[int] = []
+        self._reader = threading.Thread(
+            target=self._read_output, args=(ready, found), name="nats-server-output", daemon=True
+        )
+        self._reader.start()
+        if not ready.wait(timeout) or not found:
+            tail = " | ".join(list(self.output)[-5:])
+            self.stop()
+            raise ServerNotReady(f"nats-server did not become ready: {tail or 'no output'}")
+        self.port = found[0]
         log.info("nats_server_ready", host=self.host, port=self.port, pid=self.process.pid)
 
-    async def _read_output(self, ready: asyncio.Future[int]) -> None:
-        if self.process is None or self.process.stderr is None:
+    def _read_output(self, ready: threading.Event, found: list[int]) -> None:
+        process = self.process
+        if process is None or process.stderr is None:
             return
         port = 0
-        while True:
-            raw = await self.process.stderr.readline()
-            if not raw:
-                if not ready.done():
-                    ready.set_exception(ServerNotReady("nats-server exited during start-up"))
-                return
+        for raw in process.stderr:
             line = raw.decode(errors="replace").rstrip()
+            self.output.append(line)
             if self.on_line is not None:
                 self.on_line(line)
             match = _LISTEN_RE.search(line)
             if match:
                 port = int(match.group(2))
-            if READY_LINE in line and not ready.done():
-                ready.set_result(port)
+            if READY_LINE in line and not ready.is_set():
+                found.append(port)
+                ready.set()
+        ready.set()  # exited: wake the waiter, which sees ``found`` empty
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``."""
         process = self.process
         if process is None:
             return
-        if process.returncode is None:
+        if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                await process.wait()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
-        self.process = None
+                process.wait()
+        self._join()
 
     def kill(self) -> None:
-        """SIGKILL (for crash tests)."""
-        if self.process is not None and self.process.returncode is None:
+        """SIGKILL and wait (for crash tests)."""
+        if self.process is not None and self.process.poll() is None:
             self.process.kill()
+            self.process.wait()
+        self._join()
 
-    async def wait_killed(self) -> None:
-        if self.process is not None:
-            await self.process.wait()
+    def _join(self) -> None:
         if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader.join(5.0)
+            self._reader = None
         self.process = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None

@@ -114,6 +114,21 @@ class Child:
         log.info("child_stopped", child=self.name, code=process.returncode)
 
 
+async def watch_server(server: EmbeddedNats, stop: asyncio.Event) -> None:
+    """Restart the bundled nats-server if it dies (its store survives on disk)."""
+    while not stop.is_set():
+        process = server.process
+        if process is None:
+            return
+        code = await asyncio.to_thread(process.wait)
+        if stop.is_set():
+            return
+        log.warning("nats_server_exited", code=code, tail=list(server.output)[-3:])
+        await asyncio.sleep(1.0)
+        if not stop.is_set():
+            await asyncio.to_thread(server.start)
+
+
 async def up(
     data_dir: Path,
     *,
@@ -138,11 +153,12 @@ async def up(
     server: EmbeddedNats | None = None
     if nats_url is None:
         server = EmbeddedNats(data_dir, port=nats_port)
-        await server.start()
+        await asyncio.to_thread(server.start)
         env.update(server.client_env())
     else:
         env["TETHER_NATS_URL"] = nats_url
 
+    watcher = asyncio.create_task(watch_server(server, stop)) if server else None
     children = [Child("gateway", ["gateway"], env)]
     if demo_agent:
         children.append(Child("demo-agent", ["demo-agent"], env))
@@ -180,6 +196,8 @@ async def up(
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     if server is not None:
-        await server.stop()
+        await asyncio.to_thread(server.stop)
+    if watcher is not None:
+        await asyncio.gather(watcher, return_exceptions=True)
     log.info("stopped")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
+from functools import partial
 from typing import TYPE_CHECKING
 
 import orjson
@@ -68,11 +69,10 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_frame_bytes)
-        app["gateway"] = self
-        app.router.add_get("/v1/sessions/{session}/ws", ws.handle)
-        app.router.add_get("/v1/sessions/{session}/events", http.events)
-        app.router.add_post("/v1/sessions/{session}/messages", http.post_message)
-        app.router.add_get("/healthz", http.healthz)
+        app.router.add_get("/v1/sessions/{session}/ws", partial(ws.handle, self))
+        app.router.add_get("/v1/sessions/{session}/events", partial(http.events, self))
+        app.router.add_post("/v1/sessions/{session}/messages", partial(http.post_message, self))
+        app.router.add_get("/healthz", partial(http.healthz, self))
         return app
 
     async def start(self) -> None:

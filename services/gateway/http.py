@@ -38,9 +38,8 @@ def parse_limit(raw: str | None, maximum: int) -> int:
     return value
 
 
-async def events(request: web.Request) -> web.Response:
+async def events(gateway: Gateway, request: web.Request) -> web.Response:
     """``GET /v1/sessions/{id}/events?since=&limit=``: compacted, paginated history."""
-    gateway: Gateway = request.app["gateway"]
     try:
         session = check_id(request.match_info["session"])
         claims = gateway.authenticate(request)
@@ -76,9 +75,8 @@ async def events(request: web.Request) -> web.Response:
     )
 
 
-async def post_message(request: web.Request) -> web.Response:
+async def post_message(gateway: Gateway, request: web.Request) -> web.Response:
     """``POST /v1/sessions/{id}/messages`` with ``{"id": ..., "text": ...}``."""
-    gateway: Gateway = request.app["gateway"]
     try:
         session = check_id(request.match_info["session"])
         claims = gateway.authenticate(request)
@@ -98,8 +96,7 @@ async def post_message(request: web.Request) -> web.Response:
     )
 
 
-async def healthz(request: web.Request) -> web.Response:
-    gateway: Gateway = request.app["gateway"]
+async def healthz(gateway: Gateway, request: web.Request) -> web.Response:
     connected = gateway.nc.is_connected
     return json_response(
         {

@@ -63,7 +63,6 @@ async def pages(
         page = await history.read(nc, stream, session, cursor, limit=want)
         read += len(page.events)
         cursor = max(cursor, page.last_seq)
-        more = page.more and (limit is None or read < limit)
-        yield Chunk(compact(page.events), cursor, more)
-        if not more:
+        yield Chunk(compact(page.events), cursor, page.more)
+        if not page.more or (limit is not None and read >= limit):
             return

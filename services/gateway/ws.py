@@ -52,8 +52,7 @@ def parse_since(raw: str | None) -> int:
     return value
 
 
-async def handle(request: web.Request) -> web.WebSocketResponse:
-    gateway: Gateway = request.app["gateway"]
+async def handle(gateway: Gateway, request: web.Request) -> web.WebSocketResponse:
     settings = gateway.settings
     ws = web.WebSocketResponse(
         max_msg_size=settings.max_frame_bytes, heartbeat=settings.heartbeat_seconds

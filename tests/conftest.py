@@ -1,0 +1,159 @@
+"""Fixtures: a real nats-server from the wheel on a random port, real gateways on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+
+from services.gateway.app import Gateway
+from services.gateway.settings import GatewaySettings
+from shared import agent
+from shared.server import EmbeddedNats
+from shared.settings import LogSettings, Secret
+from shared.tokens import mint
+
+SECRET = Secret("test-signing-secret-0123456789abcdef")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """One nats-server for the whole run (tests use distinct session ids)."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), port=-1)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server of this test's own, for tests that kill or restart it."""
+    server = EmbeddedNats(tmp_path / "nats", port=-1)
+    server.start()
+    yield server
+    server.stop()
+
+
+def gateway_settings(server: EmbeddedNats, **overrides: object) -> GatewaySettings:
+    base = GatewaySettings(
+        host="127.0.0.1",
+        port=0,
+        jwt_secret=SECRET,
+        nats=server.settings("test-gateway"),
+        log=LogSettings(),
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def gateway(nats_server: EmbeddedNats) -> AsyncIterator[Gateway]:
+    """An in-process gateway on a real socket."""
+    gw = Gateway(gateway_settings(nats_server))
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+@pytest.fixture
+async def client(nats_server: EmbeddedNats) -> AsyncIterator[agent.Client]:
+    """An agent SDK client on the shared server."""
+    c = await agent.connect(nats_server.settings("test-agent"), log_settings=LogSettings())
+    yield c
+    await c.close()
+
+
+def token(sessions: list[str] | None = None, **kwargs: object) -> str:
+    return mint(
+        SECRET, subject=str(kwargs.pop("subject", "tester")), sessions=sessions or ["*"], **kwargs
+    )  # type: ignore[arg-type]
+
+
+class GatewayProcess:
+    """A gateway subprocess started the way `tether gateway` runs, ready when it says so."""
+
+    def __init__(self, server: EmbeddedNats, extra_env: dict[str, str] | None = None) -> None:
+        env = {
+            **os.environ,
+            **server.client_env(),
+            "TETHER_JWT_SECRET": SECRET.reveal(),
+            "TETHER_GATEWAY_PORT": "0",
+            "TETHER_LOG_FORMAT": "json",
+            **(extra_env or {}),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "gateway"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.port = 0
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                if line.startswith(b"{"):
+                    info = orjson.loads(line)
+                    if info.get("event") == "ready":
+                        self.port = int(info["port"])
+                        ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(30) or not self.port:
+            self.process.kill()
+            raise RuntimeError("gateway process did not become ready")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def gateway_process(nats_server: EmbeddedNats) -> Iterator[Callable[..., GatewayProcess]]:
+    """Factory of gateway subprocesses; all are stopped at the end of the test."""
+    started: list[GatewayProcess] = []
+
+    def start(server: EmbeddedNats | None = None, **env: str) -> GatewayProcess:
+        process = GatewayProcess(server or nats_server, env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+async def wait_for(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until true; fail the test with ``what`` after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,153 @@
+"""A real WebSocket device for tests: connects with ``since``, applies frames to a view.
+
+The view is what a user would see: each message's text by id, plus the other events.
+It also checks the protocol's promises as frames arrive: sequences strictly increase
+and no sequence is seen twice across reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+
+@dataclass
+class View:
+    """A device's state, rebuilt from frames."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+    others: list[tuple[str, str]] = field(default_factory=list)  # (type, run) of run events
+    seqs: list[int] = field(default_factory=list)
+    position: int = 0
+    epoch: str | None = None
+    hellos: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    acks: list[dict[str, Any]] = field(default_factory=list)
+    caught_up: int = 0
+    live: bool = False
+    frames: int = 0
+    wire_bytes: int = 0
+
+    def apply(self, frame: dict[str, Any]) -> None:
+        kind = frame["type"]
+        if kind == "hello":
+            self.hellos.append(frame)
+            self.epoch = frame["epoch"]
+            self.caught_up = 0
+            if not frame["recovered"]:
+                self.texts.clear()
+                self.deleted.clear()
+                self.others.clear()
+                self.position = 0
+        elif kind == "event":
+            seq = frame["seq"]
+            if seq <= self.position:
+                raise AssertionError(
+                    f"sequence {seq} after {self.position}: out of order or duplicated"
+                )
+            self.position = seq
+            self.seqs.append(seq)
+            self._event(frame["event"])
+        elif kind == "caught_up":
+            self.live = True
+            self.caught_up = frame["seq"]
+            self.position = max(self.position, frame["seq"])
+        elif kind == "error":
+            self.errors.append(frame)
+        elif kind == "ack":
+            self.acks.append(frame)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        etype = event["type"]
+        mid = event.get("message")
+        text = event.get("text", "")
+        if etype in (
+            "message.created",
+            "message.complete",
+            "message.edit",
+            "message.snapshot",
+            "message.reset",
+        ):
+            self.texts[mid] = text
+        elif etype == "message.start":
+            self.texts.setdefault(mid, text or "")
+        elif etype == "message.delta":
+            if mid not in self.texts:
+                raise AssertionError(f"delta for unknown message {mid}")
+            self.texts[mid] += text
+        elif etype == "message.delete":
+            self.texts.pop(mid, None)
+            self.deleted.add(mid)
+        else:
+            self.others.append((etype, event.get("run", "")))
+
+
+class Device:
+    """One device that may connect, disconnect and reconnect (to any gateway)."""
+
+    def __init__(self, session: str, token: str) -> None:
+        self.session = session
+        self.token = token
+        self.view = View()
+        self.http: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.close_code: int | None = None
+
+    async def connect(
+        self, base_url: str, *, since: int | None = None, epoch: str | None = None
+    ) -> None:
+        if self.http is None:
+            self.http = aiohttp.ClientSession()
+        params = {"token": self.token, "since": str(self.view.position if since is None else since)}
+        if epoch or self.view.epoch:
+            params["epoch"] = epoch or self.view.epoch or ""
+        url = base_url.replace("http", "ws", 1) + f"/v1/sessions/{self.session}/ws"
+        self.view.caught_up = 0
+        self.view.live = False
+        self.ws = await self.http.ws_connect(url, params=params, max_msg_size=0)
+        self.close_code = None
+        self.reader = asyncio.create_task(self._read(self.ws))
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                self.view.frames += 1
+                self.view.wire_bytes += len(msg.data)
+                self.view.apply(orjson.loads(msg.data))
+            else:
+                break
+        self.close_code = ws.close_code
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(orjson.dumps(frame).decode())
+
+    async def disconnect(self) -> None:
+        """The device goes away (closes its socket)."""
+        if self.ws is not None:
+            await self.ws.close()
+        if self.reader is not None:
+            await asyncio.gather(self.reader, return_exceptions=True)
+        self.ws = None
+        self.reader = None
+
+    async def wait_closed(self, timeout: float = 10.0) -> int | None:
+        if self.reader is not None:
+            await asyncio.wait_for(asyncio.shield(self.reader), timeout)
+        return self.close_code
+
+    async def close(self) -> None:
+        await self.disconnect()
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+
+    @property
+    def connected(self) -> bool:
+        return self.reader is not None and not self.reader.done()

@@ -1,0 +1,274 @@
+"""Session log, SDK and gateway against a real nats-server and real WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+
+from services.gateway.app import Gateway
+from shared import agent, subjects, wire
+from shared.ids import new_id
+from tests.conftest import token, wait_for
+from tests.device import Device
+
+WORDS = [f"w{i} " for i in range(60)]
+
+
+def url(gateway: Gateway) -> str:
+    return f"http://127.0.0.1:{gateway.port}"
+
+
+async def test_reconnect_mid_answer_gets_every_event_once(
+    gateway: Gateway, client: agent.Client
+) -> None:
+    """A device that drops mid-answer and reconnects with since ends with the full text, once."""
+    sid = new_id("s-")
+    device = Device(sid, token([sid]))
+    await device.connect(url(gateway))
+    session = client.session(sid)
+    async with session.run("run-1") as run:
+        message = run.message("m1")
+        await message.start()
+        for word in WORDS[:20]:
+            await message.append(word)
+        await wait_for(
+            lambda: device.view.texts.get("m1") == "".join(WORDS[:20]), what="first 20 words live"
+        )
+        await device.disconnect()
+        for word in WORDS[20:50]:
+            await message.append(word)
+        await device.connect(url(gateway))
+        await wait_for(lambda: device.view.live, what="caught up")
+        for word in WORDS[50:]:
+            await message.append(word)
+        await message.complete()
+    await wait_for(lambda: ("run.completed", "run-1") in device.view.others, what="run end")
+    assert device.view.texts == {"m1": "".join(WORDS)}
+    assert device.view.others == [("run.started", "run-1"), ("run.completed", "run-1")]
+    assert device.view.hellos[1]["recovered"] is True
+    assert len(device.view.seqs) == len(set(device.view.seqs))
+    await device.close()
+
+
+async def test_reconnect_replay_is_compacted(gateway: Gateway, client: agent.Client) -> None:
+    """Deltas missed while away arrive merged into one frame, not one frame per token."""
+    sid = new_id("s-")
+    device = Device(sid, token([sid]))
+    await device.connect(url(gateway))
+    async with client.session(sid).run("r") as run:
+        message = run.message("m")
+        await message.append("start ")
+        await wait_for(lambda: device.view.texts.get("m") == "start ", what="first delta")
+        await device.disconnect()
+        frames_before = device.view.frames
+        for word in WORDS:
+            await message.append(word)
+        await device.connect(url(gateway))
+        await wait_for(lambda: device.view.live, what="caught up")
+        # hello + one merged delta + caught_up
+        assert device.view.frames - frames_before == 3
+        assert device.view.texts["m"] == "start " + "".join(WORDS)
+        await message.complete()
+    await device.close()
+
+
+async def test_late_device_gets_full_history_compacted(
+    gateway: Gateway, client: agent.Client
+) -> None:
+    """A device joining mid-answer gets each finished message once and the live one as a snapshot."""
+    sid = new_id("s-")
+    session = client.session(sid)
+    await session.post("question one", message_id="q1", role="user")
+    async with session.run("r1") as run:
+        done = run.message("a1")
+        for word in WORDS:
+            await done.append(word)
+        await done.complete()
+    run2 = session.run("r2")
+    async with run2 as live_run:
+        live = live_run.message("a2")
+        for word in WORDS[:30]:
+            await live.append(word)
+        late = Device(sid, token([sid]))
+        await late.connect(url(gateway), since=0)
+        await wait_for(lambda: late.view.live, what="late device caught up")
+        # q1, r1 started, a1 complete, r1 completed, r2 started, a2 snapshot
+        assert len(late.view.seqs) == 6
+        assert late.view.others == [
+            ("run.started", "r1"),
+            ("run.completed", "r1"),
+            ("run.started", "r2"),
+        ]
+        assert late.view.texts == {
+            "q1": "question one",
+            "a1": "".join(WORDS),
+            "a2": "".join(WORDS[:30]),
+        }
+        for word in WORDS[30:]:
+            await live.append(word)
+        await live.complete()
+    await wait_for(lambda: ("run.completed", "r2") in late.view.others, what="r2 end")
+    assert late.view.texts["a2"] == "".join(WORDS)
+    await late.close()
+
+
+async def test_retried_publish_is_stored_and_delivered_once(
+    gateway: Gateway, client: agent.Client
+) -> None:
+    """The same chunk published twice (a retry) is stored once and reaches a device once."""
+    sid = new_id("s-")
+    device = Device(sid, token([sid]))
+    await device.connect(url(gateway))
+    await wait_for(lambda: device.view.live, what="caught up")
+    subject = subjects.agent_message(sid, "m")
+    start = {"v": 1, "type": wire.MESSAGE_START, "session": sid, "message": "m", "role": "agent"}
+    delta = {
+        "v": 1,
+        "type": wire.MESSAGE_DELTA,
+        "session": sid,
+        "message": "m",
+        "i": 0,
+        "text": "once",
+    }
+    first = await client.publish(subject, start, wire.msg_id(sid, "m", "start"))
+    seq = await client.publish(subject, delta, wire.msg_id(sid, "m", "0"))
+    again = await client.publish(subject, delta, wire.msg_id(sid, "m", "0"))
+    assert again == seq and first < seq
+    # A restarted agent replays the same run with the same ids: still stored once.
+    restarted = agent.Message(client.session(sid), None, "m", 0)
+    await restarted.start()
+    await restarted.append("once")
+    await wait_for(lambda: device.view.texts.get("m") == "once", what="delta")
+    await asyncio.sleep(0.2)
+    assert device.view.texts["m"] == "once"
+    assert len(device.view.seqs) == 2
+    await device.close()
+
+
+async def test_send_from_device_is_deduplicated_and_acked(gateway: Gateway) -> None:
+    """A user message resent with the same id is stored once; both sends are acknowledged."""
+    sid = new_id("s-")
+    a = Device(sid, token([sid], subject="alice"))
+    b = Device(sid, token([sid], subject="alice"))
+    await a.connect(url(gateway))
+    await b.connect(url(gateway))
+    await wait_for(lambda: a.view.caught_up >= 0 and len(a.view.hellos) == 1, what="hello")
+    await a.send({"type": "send", "id": "hello-1", "text": "hi"})
+    await a.send({"type": "send", "id": "hello-1", "text": "hi"})
+    await wait_for(lambda: len(a.view.acks) == 2, what="two acks")
+    assert [ack["duplicate"] for ack in a.view.acks] == [False, True]
+    assert a.view.acks[0]["seq"] == a.view.acks[1]["seq"]
+    await wait_for(lambda: b.view.texts.get("hello-1") == "hi", what="b sees message")
+    await asyncio.sleep(0.1)
+    assert len(b.view.seqs) == 1
+    await a.close()
+    await b.close()
+
+
+async def test_http_history_is_compacted_and_paginated(
+    gateway: Gateway, client: agent.Client
+) -> None:
+    """GET events pages through history with next/more, compacting deltas per page."""
+    sid = new_id("s-")
+    session = client.session(sid)
+    for i in range(5):
+        await session.post(f"note {i}", message_id=f"n{i}", role="user")
+    async with session.run("r") as run:
+        msg = run.message("m")
+        for word in WORDS[:10]:
+            await msg.append(word)
+        headers = {"Authorization": f"Bearer {token([sid])}"}
+        async with aiohttp.ClientSession() as http:
+            base = f"{url(gateway)}/v1/sessions/{sid}/events"
+            async with http.get(base, params={"limit": "3"}, headers=headers) as resp:
+                page1 = orjson.loads(await resp.read())
+            assert resp.status == 200 and page1["more"] is True
+            assert [e["event"]["message"] for e in page1["events"]] == ["n0", "n1", "n2"]
+            async with http.get(
+                base, params={"since": str(page1["next"]), "limit": "100"}, headers=headers
+            ) as resp:
+                page2 = orjson.loads(await resp.read())
+            assert page2["more"] is False
+            types = [e["event"]["type"] for e in page2["events"]]
+            assert types == [
+                "message.created",
+                "message.created",
+                "run.started",
+                "message.snapshot",
+            ]
+            assert page2["events"][-1]["event"]["text"] == "".join(WORDS[:10])
+        await msg.complete()
+
+
+async def test_edit_and_delete_are_reflected_in_replay(
+    gateway: Gateway, client: agent.Client
+) -> None:
+    """An edited message replays with its new text only; a deleted one as a tombstone."""
+    sid = new_id("s-")
+    session = client.session(sid)
+    async with session.run("r") as run:
+        msg = run.message("m")
+        await msg.append("draft answer")
+        await msg.complete()
+    await session.post("typo", message_id="q", role="user")
+    await session.edit("m", "final answer")
+    await session.delete("q", role="user")
+    device = Device(sid, token([sid]))
+    await device.connect(url(gateway), since=0)
+    await wait_for(lambda: device.view.live, what="caught up")
+    assert device.view.texts == {"m": "final answer"}
+    assert device.view.deleted == {"q"}
+    await device.close()
+
+
+async def test_trimmed_history_is_reported_not_recovered(
+    gateway: Gateway, client: agent.Client
+) -> None:
+    """A since older than the retained history gets recovered=false and a full snapshot."""
+    sid = new_id("s-")
+    session = client.session(sid)
+    first = await session.post("old", message_id="old", role="user")
+    await session.post("newer", message_id="new", role="user")
+    # Trim the stream below the second message, as max_age would.
+    reply = await client.nc.request(
+        f"$JS.API.STREAM.PURGE.{client.log_settings.stream}",
+        orjson.dumps({"seq": first + 1}),
+        timeout=5,
+    )
+    assert orjson.loads(reply.data)["success"] is True
+    device = Device(sid, token([sid]))
+    await device.connect(url(gateway), since=first - 1)
+    await wait_for(lambda: device.view.live, what="caught up")
+    assert device.view.hellos[0]["recovered"] is False
+    assert device.view.texts == {"new": "newer"}
+    await device.close()
+
+
+async def test_wrong_epoch_is_not_recovered(gateway: Gateway, client: agent.Client) -> None:
+    """A position from another epoch (a recreated stream) is not trusted."""
+    sid = new_id("s-")
+    await client.session(sid).post("hello", message_id="h", role="user")
+    device = Device(sid, token([sid]))
+    await device.connect(url(gateway), since=1, epoch="2001-01-01T00:00:00Z")
+    await wait_for(lambda: device.view.live, what="caught up")
+    assert device.view.hellos[0]["recovered"] is False
+    assert device.view.texts == {"h": "hello"}
+    await device.close()
+
+
+async def test_coalescing_window_rolls_appends_up(gateway: Gateway, client: agent.Client) -> None:
+    """With a 50 ms window, many quick appends become a few deltas with the same text."""
+    sid = new_id("s-")
+    device = Device(sid, token([sid]))
+    await device.connect(url(gateway))
+    async with client.session(sid).run("r") as run:
+        msg = run.message("m", coalesce_ms=50)
+        for word in WORDS:
+            await msg.append(word)
+        await msg.complete()
+    await wait_for(lambda: ("run.completed", "r") in device.view.others, what="run end")
+    assert device.view.texts["m"] == "".join(WORDS)
+    assert msg.chunks < 5
+    await device.close()
