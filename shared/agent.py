@@ -83,7 +83,13 @@ class Client:
         )
 
     async def close(self) -> None:
-        await self.nc.drain()
+        """Flush what is pending and close (waits at most 5 s)."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), 5.0)
+        except (TimeoutError, NatsTimeoutError):
+            await self.nc.close()
 
     async def __aenter__(self) -> Client:
         return self

@@ -108,4 +108,5 @@ async def run_demo_agent(env: Env | None = None) -> None:
     log.info("demo_agent_stopping", in_flight=len(running))
     if running:
         await asyncio.wait(running, timeout=10.0)
+    await sub.unsubscribe()
     await client.close()

@@ -11,7 +11,7 @@ from services.gateway import replay
 from services.gateway.messages import publish_user_message
 from services.gateway.ws import MAX_TEXT, parse_since
 from shared import wire
-from shared.errors import BadFrame, ClientError
+from shared.errors import BadFrame, ClientError, FrameTooLarge
 from shared.ids import check_id, new_id
 
 if TYPE_CHECKING:
@@ -81,7 +81,11 @@ async def post_message(gateway: Gateway, request: web.Request) -> web.Response:
         session = check_id(request.match_info["session"])
         claims = gateway.authenticate(request)
         claims.require(session)
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = gateway.settings.max_frame_bytes
+            raise FrameTooLarge(f"request body is larger than {limit} bytes") from None
         frame = wire.parse_json_object(body, "request body")
         message_id = frame.get("id")
         message_id = check_id(message_id, "message id") if message_id is not None else new_id("u-")

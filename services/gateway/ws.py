@@ -36,8 +36,13 @@ MAX_TEXT = 256 * 1024
 async def reject(ws: web.WebSocketResponse, error: ClientError) -> web.WebSocketResponse:
     """Tell the client why (an ``error`` frame), then close with the error's code."""
     await ws.send_frame(wire.error_frame(error.code, error.message), WSMsgType.TEXT)
-    await ws.close(code=error.ws_close_code, message=error.message[:120].encode())
+    await ws.close(code=error.ws_close_code, message=close_reason(error.message))
     return ws
+
+
+def close_reason(message: str) -> bytes:
+    """A close reason within the 123 bytes a close frame allows, cut on a UTF-8 boundary."""
+    return message.encode()[:120].decode("utf-8", "ignore").encode()
 
 
 def parse_since(raw: str | None) -> int:

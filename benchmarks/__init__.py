@@ -1,0 +1,1 @@
+"""Benchmarks: run as ``python -m benchmarks.latency`` and ``python -m benchmarks.replay``."""
