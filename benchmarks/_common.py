@@ -281,7 +281,8 @@ class Children:
         self, name: str, args: Sequence[str], env: dict[str, str] | None = None
     ) -> Child:
         log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "wb") as log_file:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *args,
@@ -289,10 +290,12 @@ class Children:
                 env={**os.environ, **(env or {})},
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=log_file,
+                stderr=log_fd,
                 preexec_fn=_die_with_parent,
                 limit=64 * 1024 * 1024,
             )
+        finally:
+            os.close(log_fd)
         child = Child(name, process, log_path)
         self.children.append(child)
         return child

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from array import array
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,14 @@ from benchmarks._common import (
     watch_parent,
     write_json,
 )
+from shared import natsconn
+from shared.server import EmbeddedNats
+from shared.settings import LogSettings
+from shared.streams import ensure_stream
 
 MODULE = "benchmarks.latency"
 RAW_PREFIX = "bench.raw"
+_KEEP: list[object] = []  # strong references to the stdin reader and its task
 
 
 def session_ids(count: int, tag: str) -> list[str]:
@@ -80,21 +86,24 @@ async def stdin_commands() -> asyncio.Queue[dict[str, Any]]:
                 return
             await queue.put(orjson.loads(line))
 
-    asyncio.get_running_loop().create_task(pump())
+    _KEEP.extend([reader, asyncio.get_running_loop().create_task(pump())])
     return queue
 
 
-async def next_command(queue: asyncio.Queue[dict[str, Any]], cmd: str) -> dict[str, Any]:
+async def next_command(queue: asyncio.Queue[dict[str, Any]], *cmds: str) -> dict[str, Any]:
     while True:
         record = await queue.get()
-        if record.get("cmd") == cmd:
+        if record.get("cmd") in cmds:
             return record
         if record.get("cmd") == "eof":
             raise SystemExit(4)
 
 
 class Recorder:
-    """Latencies of tokens stamped inside the window, plus a rolling one-second view."""
+    """A receiver's latencies: tokens stamped inside a measurement window count.
+
+    Windows accumulate (one per round); ``recent`` is the rolling one-second view.
+    """
 
     def __init__(self) -> None:
         self.measure_ns = 1 << 62
@@ -111,43 +120,53 @@ class Recorder:
         if self.measure_ns <= sent_ns < self.end_ns:
             self.latencies.append(latency)
 
-    def progress(self) -> dict[str, Any]:
-        recent, self.recent = self.recent, array("q")
-        summary = latency_summary(recent)
-        return {
-            "event": "progress",
-            "measured": len(self.latencies),
-            "total": self.total,
-            "recent_p50_ms": summary["p50_ms"],
-            "recent_p99_ms": summary["p99_ms"],
-        }
-
     async def report_every_second(self) -> None:
+        last_t, last_total = time.monotonic(), self.total
         while True:
             await asyncio.sleep(1.0)
-            emit(self.progress())
+            recent, self.recent = self.recent, array("q")
+            summary = latency_summary(recent)
+            now = time.monotonic()
+            emit(
+                {
+                    "event": "progress",
+                    "rate": (self.total - last_total) / (now - last_t),
+                    "recent_p50_ms": summary["p50_ms"],
+                    "recent_p99_ms": summary["p99_ms"],
+                }
+            )
+            last_t, last_total = now, self.total
 
-    async def finish(self, queue: asyncio.Queue[dict[str, Any]], drain_seconds: float) -> None:
-        """Wait for ``finish`` (with the expected count), drain, then emit the result."""
-        command = await next_command(queue, "finish")
-        expected = int(command["expected"])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain_seconds
-        while len(self.latencies) < expected and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        emit(
-            {
-                "event": "result",
-                "expected": expected,
-                "received": len(self.latencies),
-                "bad": self.bad,
-                "latency": latency_summary(self.latencies),
-            }
-        )
+    async def serve(self, commands: asyncio.Queue[dict[str, Any]], drain_seconds: float) -> None:
+        """Per round: ``window``, then ``finish`` with the cumulative expected count."""
+        while True:
+            command = await next_command(commands, "window", "stop")
+            if command["cmd"] == "stop":
+                return
+            self.measure_ns, self.end_ns = int(command["measure_ns"]), int(command["end_ns"])
+            first = len(self.latencies)
+            progress = asyncio.create_task(self.report_every_second())
+            command = await next_command(commands, "finish")
+            expected = int(command["expected"])
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + drain_seconds
+            while len(self.latencies) < expected and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            progress.cancel()
+            emit(
+                {
+                    "event": "result",
+                    "expected": expected,
+                    "received": len(self.latencies),
+                    "bad": self.bad,
+                    "latency": latency_summary(self.latencies),
+                    "round_latency": latency_summary(self.latencies[first:]),
+                }
+            )
 
 
 class Schedule:
-    """The token schedule of one publisher process."""
+    """The token schedule of one publisher process for one round."""
 
     def __init__(self, command: dict[str, Any], sessions: int, rate: float) -> None:
         self.start_ns = int(command["start_ns"])
@@ -155,9 +174,6 @@ class Schedule:
         self.end_ns = int(command["end_ns"])
         self.interval_ns = int(1e9 / rate)
         self.sessions = sessions
-        self.sent = 0
-        self.measured = 0
-        self.lag = array("q")
 
     def first(self, index: int) -> int:
         return self.start_ns + (index * self.interval_ns) // self.sessions
@@ -167,27 +183,62 @@ class Schedule:
         if delay > 0:
             await asyncio.sleep(delay / 1e9)
 
-    def sent_one(self, due_ns: int, sent_ns: int) -> None:
-        self.sent += 1
-        if self.measure_ns <= sent_ns < self.end_ns:
+    def measured(self, sent_ns: int) -> bool:
+        return self.measure_ns <= sent_ns < self.end_ns
+
+
+class Sent:
+    """What a publisher process sent, over every round."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.measured = 0
+        self.lag = array("q")  # how late a token left against its schedule
+        self.ack = array("q")  # JetStream publish -> ack (agents only)
+
+    def one(self, schedule: Schedule, due_ns: int, sent_ns: int, ack_ns: int = 0) -> None:
+        self.total += 1
+        if schedule.measured(sent_ns):
             self.measured += 1
             self.lag.append(sent_ns - due_ns)
+            if ack_ns:
+                self.ack.append(ack_ns - sent_ns)
 
     async def report_every_second(self) -> None:
+        last_t, last_total = time.monotonic(), self.total
         while True:
             await asyncio.sleep(1.0)
-            emit({"event": "progress", "sent": self.sent, "measured_sent": self.measured})
+            now = time.monotonic()
+            emit({"event": "progress", "rate": (self.total - last_total) / (now - last_t)})
+            last_t, last_total = now, self.total
 
     def done(self) -> dict[str, Any]:
         lag = latency_summary(self.lag)
         return {
             "event": "done",
-            "sent": self.sent,
+            "sent": self.total,
             "measured_sent": self.measured,
-            "lag_p50_ms": lag["p50_ms"],
-            "lag_p99_ms": lag["p99_ms"],
-            "lag_max_ms": lag["max_ms"],
+            "lag": lag,
+            "ack": latency_summary(self.ack) if self.ack else None,
         }
+
+    async def serve(
+        self,
+        commands: asyncio.Queue[dict[str, Any]],
+        sessions: int,
+        rate: float,
+        stream: Callable[[Schedule, int], Awaitable[None]],
+    ) -> None:
+        """Per round: ``go`` with the window, run every session's stream, report ``done``."""
+        while True:
+            command = await next_command(commands, "go", "stop")
+            if command["cmd"] == "stop":
+                return
+            schedule = Schedule(command, sessions, rate)
+            progress = asyncio.create_task(self.report_every_second())
+            await asyncio.gather(*(stream(schedule, i) for i in range(sessions)))
+            progress.cancel()
+            emit(self.done())
 
 
 def delta_payload(session: str, index: int, sent_ns: int) -> bytes:
@@ -243,11 +294,7 @@ async def role_raw_sub(args: argparse.Namespace) -> None:
         )
     await nc.flush()
     emit({"event": "ready"})
-    window = await next_command(commands, "window")
-    recorder.measure_ns, recorder.end_ns = int(window["measure_ns"]), int(window["end_ns"])
-    progress = asyncio.create_task(recorder.report_every_second())
-    await recorder.finish(commands, args.drain)
-    progress.cancel()
+    await recorder.serve(commands, args.drain)
     await nc.close()
 
 
@@ -255,26 +302,23 @@ async def role_raw_pub(args: argparse.Namespace) -> None:
     commands = await stdin_commands()
     nc = await nats_connect("bench-raw-pub")
     sids = session_ids(args.sessions, args.tag)
+    counters = [0] * len(sids)
+    sent = Sent()
     emit({"event": "ready"})
-    schedule = Schedule(await next_command(commands, "go"), args.sessions, args.rate)
 
-    async def stream(index: int, sid: str) -> None:
+    async def stream(schedule: Schedule, index: int) -> None:
+        sid = sids[index]
         subject = f"{RAW_PREFIX}.{sid}"
         due = schedule.first(index)
-        i = 0
         while due < schedule.end_ns:
             await schedule.wait(due)
-            sent = time.time_ns()
-            await nc.publish(subject, delta_payload(sid, i, sent))
-            schedule.sent_one(due, sent)
+            now = time.time_ns()
+            await nc.publish(subject, delta_payload(sid, counters[index], now))
+            counters[index] += 1
+            sent.one(schedule, due, now)
             due += schedule.interval_ns
-            i += 1
 
-    progress = asyncio.create_task(schedule.report_every_second())
-    await asyncio.gather(*(stream(i, sid) for i, sid in enumerate(sids)))
-    await nc.flush()
-    progress.cancel()
-    emit(schedule.done())
+    await sent.serve(commands, len(sids), args.rate, stream)
     await nc.close()
 
 
@@ -291,30 +335,27 @@ async def role_agents(args: argparse.Namespace) -> None:
 
     async def open_message(sid: str) -> agent.Message:
         async with limit:
-            session = client.session(sid)
-            run = agent.Run(session, f"run-{sid}")
+            run = agent.Run(client.session(sid), f"run-{sid}")
             await run.start()
             message = run.message(coalesce_ms=0)
             await message.start()
             return message
 
     messages = await asyncio.gather(*(open_message(sid) for sid in sids))
+    sent = Sent()
     emit({"event": "ready"})
-    schedule = Schedule(await next_command(commands, "go"), args.sessions, args.rate)
 
-    async def stream(index: int, message: agent.Message) -> None:
+    async def stream(schedule: Schedule, index: int) -> None:
+        message = messages[index]
         due = schedule.first(index)
         while due < schedule.end_ns:
             await schedule.wait(due)
-            sent = time.time_ns()
-            await message.append(str(sent))
-            schedule.sent_one(due, sent)
+            now = time.time_ns()
+            await message.append(str(now))  # coalescing 0: one acked publish per token
+            sent.one(schedule, due, now, time.time_ns())
             due += schedule.interval_ns
 
-    progress = asyncio.create_task(schedule.report_every_second())
-    await asyncio.gather(*(stream(i, m) for i, m in enumerate(messages)))
-    progress.cancel()
-    emit(schedule.done())
+    await sent.serve(commands, len(sids), args.rate, stream)
     await client.close()
 
 
@@ -355,19 +396,15 @@ async def role_devices(args: argparse.Namespace) -> None:
                     all_live.set()
             elif kind == "error":
                 emit({"event": "error", "error": f"{sid}: {frame}"})
-        emit({"event": "closed", "session": sid, "code": ws.close_code})
+        emit({"event": "error", "error": f"{sid}: WebSocket closed with {ws.close_code}"})
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         limit = asyncio.Semaphore(50)
         tasks = [asyncio.create_task(device(http, sid, limit)) for sid in sids]
-        await asyncio.wait_for(all_live.wait(), 60)
+        await asyncio.wait_for(all_live.wait(), 120)
         emit({"event": "ready"})
-        window = await next_command(commands, "window")
-        recorder.measure_ns, recorder.end_ns = int(window["measure_ns"]), int(window["end_ns"])
-        progress = asyncio.create_task(recorder.report_every_second())
-        await recorder.finish(commands, args.drain)
-        progress.cancel()
+        await recorder.serve(commands, args.drain)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -381,7 +418,16 @@ ROLES = {
 }
 
 
+def quiet_logs(service: str) -> None:
+    """Warnings and errors only, as JSON on stderr (stdout carries the reports)."""
+    from shared import logs
+    from shared.settings import Env
+
+    logs.configure(service, Env({"TETHER_LOG_LEVEL": "warning", "TETHER_LOG_FORMAT": "json"}))
+
+
 async def run_role(args: argparse.Namespace) -> None:
+    quiet_logs(f"bench-{args.role}")
     watchdog = asyncio.create_task(watch_parent())
     try:
         await asyncio.wait_for(ROLES[args.role](args), args.hard_timeout)
@@ -395,166 +441,169 @@ async def run_role(args: argparse.Namespace) -> None:
 # ---- the benchmark process --------------------------------------------------------------------
 
 
-class Phase:
-    """One measured phase: a publisher, a receiver, progress on the terminal."""
+class System:
+    """One system under test (raw or tether): a publisher and a receiver process.
+
+    Each ``run_round`` measures ``seconds / rounds`` after a warm-up, prints progress
+    once a second and accumulates the CPU time of ``pids`` over the measured windows.
+    """
 
     def __init__(
-        self, name: str, args: argparse.Namespace, pids: dict[str, int], receiver: Child
+        self,
+        name: str,
+        args: argparse.Namespace,
+        publisher: Child,
+        receiver: Child,
+        pids: dict[str, int],
     ) -> None:
         self.name = name
         self.args = args
-        self.pids = pids
+        self.publisher = publisher
         self.receiver = receiver
-        self.sent = 0
-        self.received = 0
+        self.pids = pids
+        self.sent_rate = 0.0
+        self.recv_rate = 0.0
         self.recent_p50 = float("nan")
         self.recent_p99 = float("nan")
+        self.cpu = dict.fromkeys(pids, 0.0)
+        self.measured_seconds = 0.0
+        self.rounds: list[dict[str, Any]] = []
+        self.done: dict[str, Any] = {}
+        self.result: dict[str, Any] = {}
 
     def on_publisher(self, record: dict[str, Any]) -> None:
         if record.get("event") == "progress":
-            self.sent = int(record["sent"])
+            self.sent_rate = float(record["rate"])
 
     def on_receiver(self, record: dict[str, Any]) -> None:
         if record.get("event") == "progress":
-            self.received = int(record["total"])
+            self.recv_rate = float(record["rate"])
             self.recent_p50 = float(record["recent_p50_ms"])
             self.recent_p99 = float(record["recent_p99_ms"])
 
-    async def run(self, publisher: Child) -> dict[str, Any]:
+    def cpu_now(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    async def run_round(self, index: int) -> None:
         args = self.args
+        seconds = args.seconds / args.rounds
         start_ns = time.time_ns() + 300_000_000
         measure_ns = start_ns + int(args.warmup * 1e9)
-        end_ns = measure_ns + int(args.seconds * 1e9)
+        end_ns = measure_ns + int(seconds * 1e9)
         window = {"measure_ns": measure_ns, "end_ns": end_ns}
         self.receiver.send({"cmd": "window", **window})
-        publisher.send({"cmd": "go", "start_ns": start_ns, **window})
-        result_task = asyncio.create_task(
-            self.receiver.expect(
-                "result", args.seconds + args.warmup + args.drain + 60, self.on_receiver
-            )
-        )
-        done_task = asyncio.create_task(
-            publisher.expect("done", args.seconds + args.warmup + 60, self.on_publisher)
-        )
-        cpu_start: dict[str, float] = {}
-        cpu_end: dict[str, float] = {}
-        last_cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        last_t = time.monotonic()
-        prev_sent, prev_recv = 0, 0
+        self.publisher.send({"cmd": "go", "start_ns": start_ns, **window})
+        limit = seconds + args.warmup + 60
+        done_task = asyncio.create_task(self.publisher.expect("done", limit, self.on_publisher))
+        cpu_task = asyncio.create_task(self.cpu_between(measure_ns, end_ns))
+        last_cpu, last_t = self.cpu_now(), time.monotonic()
         try:
             while not done_task.done():
                 await asyncio.wait({done_task}, timeout=1.0)
+                self.drain_receiver()
                 now_ns = time.time_ns()
-                if not cpu_start and now_ns >= measure_ns:
-                    cpu_start = {n: cpu_seconds(p) for n, p in self.pids.items()}
-                if not cpu_end and now_ns >= end_ns:
-                    cpu_end = {n: cpu_seconds(p) for n, p in self.pids.items()}
-                t = time.monotonic()
-                cpu_now = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+                t, cpu = time.monotonic(), self.cpu_now()
                 usage = " ".join(
-                    f"{n} {100 * (cpu_now[n] - last_cpu[n]) / (t - last_t):3.0f}%"
-                    for n in self.pids
+                    f"{n} {100 * (cpu[n] - last_cpu[n]) / (t - last_t):3.0f}%" for n in self.pids
                 )
-                last_cpu, last_t = cpu_now, t
-                elapsed = (now_ns - start_ns) / 1e9
+                last_cpu, last_t = cpu, t
                 stage = "warmup " if now_ns < measure_ns else "measure"
                 say(
-                    f"  [{self.name:6}] {stage} {elapsed:5.1f}s  sent {self.sent - prev_sent:6,}/s"
-                    f"  recv {self.received - prev_recv:6,}/s  last-1s p50 {self.recent_p50:7.2f}"
-                    f" p99 {self.recent_p99:7.2f} ms  cpu: {usage}"
+                    f"  [{self.name:6} {index + 1}/{args.rounds}] {stage}"
+                    f" {(now_ns - start_ns) / 1e9:5.1f}s"
+                    f"  sent {self.sent_rate:6,.0f}/s  recv {self.recv_rate:6,.0f}/s"
+                    f"  last-1s p50 {self.recent_p50:7.2f} p99 {self.recent_p99:7.2f} ms"
+                    f"  cpu: {usage}"
                 )
-                prev_sent, prev_recv = self.sent, self.received
-            done = done_task.result()
-            if not cpu_end:
-                cpu_end = {n: cpu_seconds(p) for n, p in self.pids.items()}
-            self.receiver.send({"cmd": "finish", "expected": done["measured_sent"]})
-            result = await result_task
+            self.done = done_task.result()
+            for name, used in (await cpu_task).items():
+                self.cpu[name] += used
         finally:
-            for task in (result_task, done_task):
-                task.cancel()
-        span = args.seconds
-        cpu = {
-            n: round(100 * (cpu_end.get(n, 0) - cpu_start.get(n, 0)) / span, 1) for n in self.pids
-        }
-        lat = result["latency"]
+            done_task.cancel()
+            cpu_task.cancel()
+        self.measured_seconds += seconds
+        self.receiver.send({"cmd": "finish", "expected": self.done["measured_sent"]})
+        self.result = await self.receiver.expect("result", args.drain + 30, self.on_receiver)
+        round_latency = self.result["round_latency"]
+        self.rounds.append(round_latency)
+        say(
+            f"  [{self.name:6} {index + 1}/{args.rounds}] round: {round_latency['count']:,}"
+            f" tokens, p50 {round_latency['p50_ms']:.2f} ms, p99 {round_latency['p99_ms']:.2f} ms"
+        )
+
+    async def cpu_between(self, start_ns: int, end_ns: int) -> dict[str, float]:
+        """CPU seconds each process used between two wall-clock instants."""
+        await asyncio.sleep(max(0, start_ns - time.time_ns()) / 1e9)
+        before = self.cpu_now()
+        await asyncio.sleep(max(0, end_ns - time.time_ns()) / 1e9)
+        after = self.cpu_now()
+        return {name: after[name] - before[name] for name in self.pids}
+
+    def drain_receiver(self) -> None:
+        while not self.receiver.records.empty():
+            record = self.receiver.records.get_nowait()
+            if record.get("event") in ("error", "exit"):
+                raise RuntimeError(f"{self.receiver.name}: {record}{self.receiver.tail()}")
+            self.on_receiver(record)
+
+    def summary(self) -> dict[str, Any]:
+        done, result, span = self.done, self.result, self.measured_seconds
         return {
             "sent": done["measured_sent"],
             "received": result["received"],
             "lost_or_late": done["measured_sent"] - result["received"],
             "achieved_rate_per_s": round(done["measured_sent"] / span, 1),
-            "target_rate_per_s": args.sessions * args.rate,
-            "latency": lat,
-            "publisher_lag_p50_ms": done["lag_p50_ms"],
-            "publisher_lag_p99_ms": done["lag_p99_ms"],
-            "publisher_lag_max_ms": done["lag_max_ms"],
-            "cpu_percent": cpu,
+            "target_rate_per_s": self.args.sessions * self.args.rate,
+            "latency": result["latency"],
+            "rounds": self.rounds,
+            "publisher_lag": done["lag"],
+            "publish_to_ack": done["ack"],
+            "cpu_percent": {n: round(100 * v / span, 1) for n, v in self.cpu.items()},
         }
 
 
 def child_args(args: argparse.Namespace, role: str, **extra: Any) -> list[str]:
-    out = [
-        "-m",
-        MODULE,
-        "--role",
-        role,
-        "--sessions",
-        str(args.sessions),
-        "--rate",
-        str(args.rate),
-        "--tag",
-        args.tag,
-        "--drain",
-        str(args.drain),
-        "--hard-timeout",
-        str(args.seconds + args.warmup + args.drain + 180),
-    ]
+    out = ["-m", MODULE, "--role", role, "--sessions", str(args.sessions)]
+    out += ["--rate", str(args.rate), "--tag", args.tag, "--drain", str(args.drain)]
+    out += ["--hard-timeout", str(hard_limit(args))]
     for key, value in extra.items():
         out += [f"--{key.replace('_', '-')}", str(value)]
     return out
 
 
-async def run_raw(
-    args: argparse.Namespace, children: Children, env: dict[str, str], nats_pid: int
-) -> dict[str, Any]:
-    say("raw NATS baseline: core publish -> subscribe, two processes")
+def hard_limit(args: argparse.Namespace) -> float:
+    """Wall-clock bound of the whole benchmark; children get the same bound."""
+    per_round = 2 * (args.seconds / args.rounds + args.warmup + args.drain + 5)
+    return args.rounds * per_round + 300
+
+
+async def start_systems(
+    args: argparse.Namespace, children: Children, server: EmbeddedNats
+) -> dict[str, System]:
+    env = server.client_env()
+    assert server.process is not None
+    nats_pid = server.process.pid
+    say("starting raw NATS baseline: publisher and subscriber processes (core NATS)")
     sub = await children.start("raw-sub", child_args(args, "raw-sub"), env)
     await sub.expect("ready", 60)
     pub = await children.start("raw-pub", child_args(args, "raw-pub"), env)
     await pub.expect("ready", 60)
-    phase = Phase("raw", args, {"nats": nats_pid, "pub": pub.pid, "sub": sub.pid}, sub)
-    try:
-        return await phase.run(pub)
-    finally:
-        await children.stop(pub)
-        await children.stop(sub)
+    raw = System("raw", args, pub, sub, {"nats": nats_pid, "pub": pub.pid, "sub": sub.pid})
 
-
-async def run_tether(args: argparse.Namespace, children: Children, server: Any) -> dict[str, Any]:
-    say("tether: agents (shared.agent) -> nats-server -> gateway -> WebSocket devices")
-    env = server.client_env()
+    say("starting tether: gateway, devices (WebSocket) and agents (shared.agent) processes")
     gateway, port = await start_gateway(children, server)
     devices = await children.start("devices", child_args(args, "devices", gateway_port=port), env)
-    await devices.expect("ready", 120)
+    await devices.expect("ready", 150)
     say(f"  {args.sessions} devices live on the gateway (port {port})")
     agents = await children.start("agents", child_args(args, "agents"), env)
-    await agents.expect("ready", 120)
-    pids = {
-        "nats": server.process.pid,
-        "gw": gateway.pid,
-        "agents": agents.pid,
-        "devices": devices.pid,
-    }
-    phase = Phase("tether", args, pids, devices)
-    try:
-        return await phase.run(agents)
-    finally:
-        await children.stop(agents)
-        await children.stop(devices)
-        await children.stop(gateway)
+    await agents.expect("ready", 150)
+    pids = {"nats": nats_pid, "gw": gateway.pid, "agents": agents.pid, "devices": devices.pid}
+    tether = System("tether", args, agents, devices, pids)
+    return {"raw": raw, "tether": tether}
 
 
 def print_report(args: argparse.Namespace, raw: dict[str, Any], tether: dict[str, Any]) -> None:
-    rows = []
+    rows: list[list[Any]] = []
     for name, res in (("raw NATS", raw), ("tether", tether)):
         lat = res["latency"]
         rows.append(
@@ -567,33 +616,30 @@ def print_report(args: argparse.Namespace, raw: dict[str, Any], tether: dict[str
                 lat["p99_ms"],
                 lat["p999_ms"],
                 lat["max_ms"],
-                res["publisher_lag_p99_ms"],
+                res["publisher_lag"]["p99_ms"],
             ]
         )
     rows.append(
-        [
-            "ratio tether/raw",
-            "",
-            "",
-            "",
-            ratio(tether["latency"]["p50_ms"], raw["latency"]["p50_ms"]),
-            ratio(tether["latency"]["p99_ms"], raw["latency"]["p99_ms"]),
-            ratio(tether["latency"]["p999_ms"], raw["latency"]["p999_ms"]),
-            ratio(tether["latency"]["max_ms"], raw["latency"]["max_ms"]),
-            "",
+        ["ratio tether/raw", "", "", ""]
+        + [
+            ratio(tether["latency"][key], raw["latency"][key])
+            for key in ("p50_ms", "p99_ms", "p999_ms", "max_ms")
         ]
+        + [""]
     )
     say()
     say(
-        f"latency, {args.sessions} sessions x {args.rate:g} tokens/s, {args.seconds:g} s measured"
-        " (ms)"
+        f"end-to-end latency (ms): {args.sessions} sessions x {args.rate:g} tokens/s,"
+        f" {args.seconds:g} s measured per system in {args.rounds} round(s)"
     )
-    say(
-        table(
-            ["", "sent", "received", "rate/s", "p50", "p99", "p99.9", "max", "pub lag p99"],
-            rows,
+    headers = ["", "sent", "received", "rate/s", "p50", "p99", "p99.9", "max", "pub lag p99"]
+    say(table(headers, rows))
+    ack = tether["publish_to_ack"]
+    if ack:
+        say(
+            f"  tether publish->ack (agent side): p50 {ack['p50_ms']:.2f} ms,"
+            f" p99 {ack['p99_ms']:.2f} ms"
         )
-    )
     say(f"  cpu% raw:    {raw['cpu_percent']}")
     say(f"  cpu% tether: {tether['cpu_percent']}")
 
@@ -601,33 +647,31 @@ def print_report(args: argparse.Namespace, raw: dict[str, Any], tether: dict[str
 async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="tether-bench-latency-"))
     children = Children(work)
-    server = None
+    server: EmbeddedNats | None = None
     try:
         say(f"starting nats-server (data in {work})")
         server = await asyncio.to_thread(start_nats, work / "nats")
-        assert server.process is not None
-        nats_pid = server.process.pid
-        env = server.client_env()
-        # The stream exists before the gateway and agents start (as in a deployment).
-        from shared import natsconn
-        from shared.settings import LogSettings
-        from shared.streams import ensure_stream
-
+        # The stream exists before the gateway and agents start, as in a deployment.
         nc = await natsconn.connect(server.settings("bench-setup"))
         await ensure_stream(nc, LogSettings())
         await nc.close()
-
-        raw = await run_raw(args, children, env, nats_pid)
-        tether = await run_tether(args, children, server)
-        result = {
+        machine = machine_info()
+        systems = await start_systems(args, children, server)
+        for index in range(args.rounds):
+            for name in ("raw", "tether"):
+                await systems[name].run_round(index)
+        raw, tether = systems["raw"].summary(), systems["tether"].summary()
+        print_report(args, raw, tether)
+        return {
             "benchmark": "latency",
             "config": {
                 "sessions": args.sessions,
                 "rate_per_session": args.rate,
-                "seconds": args.seconds,
-                "warmup_seconds": args.warmup,
+                "seconds_per_system": args.seconds,
+                "rounds": args.rounds,
+                "warmup_seconds_per_round": args.warmup,
             },
-            "machine": machine_info(),
+            "machine": machine,
             "raw": raw,
             "tether": tether,
             "ratio_tether_over_raw": {
@@ -635,8 +679,6 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 for key in ("p50", "p99", "p999", "max")
             },
         }
-        print_report(args, raw, tether)
-        return result
     finally:
         await children.stop_all()
         if server is not None:
@@ -646,7 +688,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
 def save(path: Path, result: dict[str, Any]) -> None:
     """Keep one entry per session count in the JSON file."""
-    existing: dict[str, Any] = {}
+    existing: Any = {}
     if path.exists():
         try:
             existing = orjson.loads(path.read_bytes())
@@ -659,11 +701,20 @@ def save(path: Path, result: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.latency",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--rate", type=float, default=50.0, help="tokens per second per session")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="measured seconds per system (all rounds)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternate raw and tether this many times"
+    )
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each round")
     parser.add_argument("--drain", type=float, default=15.0, help="max wait for stragglers")
     parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     parser.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
@@ -671,8 +722,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gateway-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--hard-timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.sessions < 1 or args.rate <= 0 or args.seconds <= 0:
-        parser.error("--sessions, --rate and --seconds must be positive")
+    if args.sessions < 1 or args.rate <= 0 or args.seconds <= 0 or args.rounds < 1:
+        parser.error("--sessions, --rate, --seconds and --rounds must be positive")
     return args
 
 
@@ -682,13 +733,12 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run_role(args))
         return
     install_signal_exit()
+    quiet_logs("bench")
     args.tag = secrets.token_hex(3)
-    budget = args.seconds + args.warmup + args.drain
-    hard_limit = 2 * budget + 300
     try:
-        result = asyncio.run(asyncio.wait_for(orchestrate(args), hard_limit))
+        result = asyncio.run(asyncio.wait_for(orchestrate(args), hard_limit(args)))
     except KeyboardInterrupt:
-        say("interrupted; children stopped")
+        say("interrupted; every child process was stopped")
         sys.exit(130)
     save(args.out, result)
 

@@ -159,6 +159,16 @@ class Session:
         if not run.ended:
             await run.complete()
 
+    async def _message_event(
+        self, kind: str, message_id: str, role: str, part: str, **fields: Any
+    ) -> int:
+        """Publish an event that replaces a whole message (rolls its subject up)."""
+        event = self._event(kind, message=message_id, role=role, **fields)
+        dedupe = wire.msg_id(self.id, subjects.message_kind(role), message_id, part)
+        return await self._publish(
+            subjects.message(self.id, message_id, role), event, dedupe, rollup=True
+        )
+
     async def post(
         self,
         text: str,
@@ -169,33 +179,24 @@ class Session:
     ) -> int:
         """Publish a whole message in one event (``message.created``)."""
         mid = check_id(message_id, "message id") if message_id else new_id("msg-")
-        subject = (subjects.user_message if role == "user" else subjects.agent_message)(
-            self.id, mid
-        )
-        event = self._event(wire.MESSAGE_CREATED, message=mid, role=role, text=text, run=run)
-        return await self._publish(
-            subject, event, wire.msg_id(self.id, mid, "created"), rollup=True
+        return await self._message_event(
+            wire.MESSAGE_CREATED, mid, role, "created", text=text, run=run
         )
 
-    async def edit(self, message_id: str, text: str, *, role: str = "agent") -> int:
-        """Replace a message's text; replay shows only the edited message."""
-        subject = (subjects.user_message if role == "user" else subjects.agent_message)(
-            self.id, message_id
-        )
-        event = self._event(wire.MESSAGE_EDIT, message=message_id, role=role, text=text)
-        return await self._publish(
-            subject, event, wire.msg_id(self.id, message_id, f"edit-{wire.now_ms()}"), rollup=True
-        )
+    async def edit(
+        self, message_id: str, text: str, *, role: str = "agent", version: int | None = None
+    ) -> int:
+        """Replace a message's text; replay shows only the edited message.
+
+        ``version`` makes the edit's dedupe id deterministic (a retried edit is stored once);
+        without it the edit time in ms is used.
+        """
+        part = f"edit-{version if version is not None else wire.now_ms()}"
+        return await self._message_event(wire.MESSAGE_EDIT, message_id, role, part, text=text)
 
     async def delete(self, message_id: str, *, role: str = "agent") -> int:
         """Delete a message; replay keeps only a tombstone."""
-        subject = (subjects.user_message if role == "user" else subjects.agent_message)(
-            self.id, message_id
-        )
-        event = self._event(wire.MESSAGE_DELETE, message=message_id, role=role)
-        return await self._publish(
-            subject, event, wire.msg_id(self.id, message_id, "delete"), rollup=True
-        )
+        return await self._message_event(wire.MESSAGE_DELETE, message_id, role, "delete")
 
 
 class Run:
@@ -212,7 +213,9 @@ class Run:
         s = self.session
         event = s._event(kind, run=self.id, **fields)
         return await s._publish(
-            subjects.run_events(s.id, self.id), event, wire.msg_id(s.id, self.id, part)
+            subjects.run_events(s.id, self.id),
+            event,
+            wire.msg_id(s.id, subjects.RUN, self.id, part),
         )
 
     async def start(self, **data: Any) -> int:
@@ -270,7 +273,7 @@ class Message:
         self._error: BaseException | None = None
 
     def _dedupe(self, part: str) -> str:
-        return wire.msg_id(self.session.id, self.id, part)
+        return wire.msg_id(self.session.id, subjects.AGENT, self.id, part)
 
     async def start(self, **data: Any) -> int:
         self.started = True

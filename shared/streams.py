@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 import structlog
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 
 from shared import subjects
-from shared.errors import TetherError
+from shared.errors import TetherError, Unavailable
 from shared.settings import LogSettings
 
 log = structlog.get_logger(__name__)
@@ -98,9 +99,13 @@ def _matches(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 
 async def stream_state(nc: NATS, stream: str) -> StreamState:
-    info = await _api(nc, f"$JS.API.STREAM.INFO.{stream}")
+    """The stream's epoch and range; Unavailable (503 / 1011) when JetStream cannot say."""
+    try:
+        info = await _api(nc, f"$JS.API.STREAM.INFO.{stream}")
+    except (TimeoutError, NoRespondersError):
+        raise Unavailable(f"JetStream did not answer for stream {stream}") from None
     if "error" in info:
-        raise TetherError(f"stream {stream}: {info['error'].get('description')}")
+        raise Unavailable(f"stream {stream}: {info['error'].get('description')}")
     return _state(info)
 
 

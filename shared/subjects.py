@@ -57,6 +57,17 @@ def agent_message(session: str, message: str) -> str:
     return f"{LOG_ROOT}.{check_id(session)}.{AGENT}.{check_id(message, 'message id')}"
 
 
+def message_kind(role: str) -> str:
+    """The subject kind of a message by its author's role: ``u`` for users, else ``a``."""
+    return USER if role == "user" else AGENT
+
+
+def message(session: str, message_id: str, role: str) -> str:
+    """The subject of a message, by its author's role."""
+    kind = message_kind(role)
+    return f"{LOG_ROOT}.{check_id(session)}.{kind}.{check_id(message_id, 'message id')}"
+
+
 def run_events(session: str, run: str) -> str:
     return f"{LOG_ROOT}.{check_id(session)}.{RUN}.{check_id(run, 'run id')}"
 

@@ -74,9 +74,13 @@ def decode_event(data: bytes) -> Event | None:
     return value
 
 
-def msg_id(session: str, subject_key: str, part: str) -> str:
-    """The deterministic ``Nats-Msg-Id`` for one publish: ``{session}:{key}:{part}``."""
-    return f"{session}:{subject_key}:{part}"
+def msg_id(session: str, kind: str, key: str, part: str) -> str:
+    """The deterministic ``Nats-Msg-Id`` for one publish: ``{session}:{kind}:{key}:{part}``.
+
+    ``kind`` is the subject kind (``u``, ``a`` or ``r``), so a user message and an agent
+    message that happen to share an id never dedupe against each other.
+    """
+    return f"{session}:{kind}:{key}:{part}"
 
 
 @dataclass(frozen=True, slots=True)

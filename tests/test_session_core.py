@@ -77,7 +77,7 @@ async def test_reconnect_replay_is_compacted(gateway: Gateway, client: agent.Cli
 async def test_late_device_gets_full_history_compacted(
     gateway: Gateway, client: agent.Client
 ) -> None:
-    """A device joining mid-answer gets each finished message once and the live one as a snapshot."""
+    """A late device gets each finished message once and the live one as a snapshot."""
     sid = new_id("s-")
     session = client.session(sid)
     await session.post("question one", message_id="q1", role="user")
@@ -132,9 +132,9 @@ async def test_retried_publish_is_stored_and_delivered_once(
         "i": 0,
         "text": "once",
     }
-    first = await client.publish(subject, start, wire.msg_id(sid, "m", "start"))
-    seq = await client.publish(subject, delta, wire.msg_id(sid, "m", "0"))
-    again = await client.publish(subject, delta, wire.msg_id(sid, "m", "0"))
+    first = await client.publish(subject, start, wire.msg_id(sid, "a", "m", "start"))
+    seq = await client.publish(subject, delta, wire.msg_id(sid, "a", "m", "0"))
+    again = await client.publish(subject, delta, wire.msg_id(sid, "a", "m", "0"))
     assert again == seq and first < seq
     # A restarted agent replays the same run with the same ids: still stored once.
     restarted = agent.Message(client.session(sid), None, "m", 0)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from shared import subjects, wire
 from shared.errors import Unavailable
@@ -36,12 +38,12 @@ async def publish_user_message(
         "text": text,
         "ts": wire.now_ms(),
     }
-    headers = {subjects.MSG_ID: wire.msg_id(session, message_id, "created")}
+    headers = {subjects.MSG_ID: wire.msg_id(session, subjects.USER, message_id, "created")}
     js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
     try:
         ack = await js.publish(
             subjects.user_message(session, message_id), wire.dumps(event), headers=headers
         )
-    except NatsTimeoutError:
+    except (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError):
         raise Unavailable("JetStream did not acknowledge the message; resend it") from None
     return Stored(message=message_id, seq=int(ack.seq), duplicate=bool(ack.duplicate))

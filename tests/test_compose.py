@@ -1,0 +1,165 @@
+"""compose.yaml, proven without a Docker engine: validated by docker-compose, the NATS
+config checked and run by the real nats-server, the gateway run with compose's command
+and environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from shared.server import nats_server_binary
+from shared.settings import Secret
+from shared.tokens import mint
+from tests.conftest import ROOT, wait_for
+from tests.device import Device
+
+SECRETS = {
+    "TETHER_NATS_PASSWORD": "compose-nats-pw",
+    "TETHER_SYS_PASSWORD": "compose-sys-pw",
+    "TETHER_JWT_SECRET": "compose-jwt-secret-0123456789abcdef",
+}
+
+
+def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail("docker-compose is not installed (scripts/test.sh installs it)")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    return subprocess.run(
+        [binary, "-f", str(ROOT / "compose.yaml"), "config"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_compose_file_is_valid() -> None:
+    """docker-compose accepts compose.yaml and it defines nats, gateway and demo-agent."""
+    result = compose_config(SECRETS)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert set(services) == {"nats", "gateway", "demo-agent"}
+    for name in ("nats", "gateway"):
+        assert "healthcheck" in services[name]
+
+
+def test_compose_refuses_missing_secrets() -> None:
+    """Without the secrets, compose stops with a message naming the missing variable."""
+    result = compose_config({k: v for k, v in SECRETS.items() if k != "TETHER_JWT_SECRET"})
+    assert result.returncode != 0
+    assert "TETHER_JWT_SECRET" in result.stderr
+
+
+def host_path(volumes: list[object], target: str) -> Path:
+    """The host side of the bind mount whose container side is ``target``."""
+    for volume in volumes:
+        if isinstance(volume, dict) and volume.get("target") == target:
+            return Path(str(volume["source"]))
+        if isinstance(volume, str) and volume.split(":")[1:2] == [target]:
+            return ROOT / volume.split(":")[0]
+    raise AssertionError(f"no volume mounts {target}")
+
+
+class ComposeServices:
+    """nats and gateway from compose.yaml, as local processes (host names -> loopback)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        services = yaml.safe_load(compose_config(SECRETS).stdout)["services"]
+        nats_service = services["nats"]
+        command = nats_service["command"]
+        config = host_path(nats_service["volumes"], command[command.index("-c") + 1])
+        nats_env = {
+            **os.environ,
+            **nats_service["environment"],
+            "NATS_STORE_DIR": str(tmp_path / "js"),
+        }  # the volume, as a local dir
+        check = subprocess.run(
+            [nats_server_binary(), "-t", "-c", str(config)],
+            env=nats_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert check.returncode == 0, check.stderr + check.stdout
+        nats_port = free_port()
+        self.nats = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "-c",
+                str(config),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(nats_port),
+                "-m",
+                str(free_port()),
+            ],
+            env=nats_env,
+            stderr=subprocess.DEVNULL,
+        )
+        env = dict(services["gateway"]["environment"])
+        env["TETHER_NATS_URL"] = env["TETHER_NATS_URL"].replace(
+            "//nats:4222", f"//127.0.0.1:{nats_port}"
+        )
+        self.port = free_port()
+        env.update(TETHER_GATEWAY_PORT=str(self.port), TETHER_GATEWAY_HOST="127.0.0.1")
+        base = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+        self.gateway = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *services["gateway"]["command"]],
+            cwd=ROOT,
+            env={**base, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.gateway.stdout is not None
+        ready = self.gateway.stdout.readline()  # {"event": "ready", ...}
+        assert b'"ready"' in ready, "gateway did not start"
+        self.token = mint(Secret(env["TETHER_JWT_SECRET"]), subject="c", sessions=["compose"])
+
+    def stop(self) -> None:
+        for process in (self.gateway, self.nats):
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.fixture
+def compose_services(tmp_path: Path) -> Iterator[ComposeServices]:
+    services = ComposeServices(tmp_path)
+    yield services
+    services.stop()
+
+
+async def test_compose_services_run_as_described(compose_services: ComposeServices) -> None:
+    """nats and gateway run with compose's config, command and environment serve a session."""
+    url = f"http://127.0.0.1:{compose_services.port}"
+    token = compose_services.token
+    device = Device("compose", token)
+    await device.connect(url)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{url}/v1/sessions/compose/messages",
+            json={"id": "c1", "text": "via compose"},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
+            assert resp.status == 201
+        async with http.get(f"{url}/healthz") as resp:
+            assert resp.status == 200
+    await wait_for(lambda: device.view.texts.get("c1") == "via compose", what="message")
+    await device.close()
