@@ -100,6 +100,12 @@ def event_frame(seq: int, event: Mapping[str, Any]) -> bytes:
     return orjson.dumps({"type": "event", "seq": seq, "event": event})
 
 
+def event_frame_raw(seq: int, data: bytes) -> bytes:
+    """The same frame spliced around stored bytes that ``decode_event`` already accepted
+    (saves re-serialising every live event; the bytes are a valid JSON object)."""
+    return b'{"type":"event","seq":%d,"event":%s}' % (seq, data.strip())
+
+
 def error_frame(code: str, message: str, **extra: Any) -> bytes:
     return orjson.dumps({"type": "error", "code": code, "message": message, **extra})
 

@@ -65,7 +65,7 @@ class SessionHub:
             log.warning("event_malformed", session=self.session, seq=seq)
             self.last_seq = max(self.last_seq, seq)
             return
-        self.deliver(seq, wire.event_frame(seq, event))
+        self.deliver(seq, wire.event_frame_raw(seq, msg.data))
 
     def deliver(self, seq: int, frame: bytes) -> None:
         if self._resyncing:

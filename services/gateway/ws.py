@@ -65,9 +65,9 @@ async def handle(gateway: Gateway, request: web.Request) -> web.WebSocketRespons
     await ws.prepare(request)
     try:
         session = check_id(request.match_info["session"])
-        since = parse_since(request.query.get("since"))
         claims = gateway.authenticate(request)
         claims.require(session)
+        since = parse_since(request.query.get("since"))
     except ClientError as error:
         gateway.counters["ws_rejected"] += 1
         return await reject(ws, error)
