@@ -36,16 +36,27 @@ log = structlog.get_logger(__name__)
 
 PUBLISH_ATTEMPTS = 5
 PUBLISH_TIMEOUT = 2.0
+# A streaming message stores a checkpoint (its text so far, rolling its subject up) every
+# this many chunks, so a device that reconnects mid-answer reads at most this many deltas.
+DEFAULT_CHECKPOINT_CHUNKS = 256
 
 
 class Client:
     """A connection to NATS for one agent process; open sessions from it."""
 
-    def __init__(self, nc: NATS, log_settings: LogSettings, *, coalesce_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        log_settings: LogSettings,
+        *,
+        coalesce_ms: float = 0.0,
+        checkpoint_chunks: int = DEFAULT_CHECKPOINT_CHUNKS,
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
         self.log_settings = log_settings
         self.coalesce_ms = coalesce_ms
+        self.checkpoint_chunks = checkpoint_chunks
 
     def session(self, session_id: str, *, ttl_seconds: int | None = None) -> Session:
         """Open a session by name (nothing is sent until the first event)."""
@@ -103,12 +114,15 @@ async def connect(
     *,
     log_settings: LogSettings | None = None,
     coalesce_ms: float | None = None,
+    checkpoint_chunks: int | None = None,
     ensure: bool = True,
 ) -> Client:
     """Connect an agent to NATS (settings from the environment when not given).
 
     ``coalesce_ms`` (env ``TETHER_COALESCE_MS``, default 0) is the delta coalescing window:
     0 publishes every ``append``; 40 rolls appends up in 40 ms windows.
+    ``checkpoint_chunks`` (env ``TETHER_CHECKPOINT_CHUNKS``, default 256; 0 = never) is how
+    often a streaming message stores a checkpoint of its text.
     """
     env = Env()
     settings = settings or NatsSettings.from_env(env, name="tether-agent")
@@ -116,10 +130,15 @@ async def connect(
     window = (
         env.number("TETHER_COALESCE_MS", 0.0, minimum=0) if coalesce_ms is None else coalesce_ms
     )
+    every = (
+        env.integer("TETHER_CHECKPOINT_CHUNKS", DEFAULT_CHECKPOINT_CHUNKS, minimum=0)
+        if checkpoint_chunks is None
+        else checkpoint_chunks
+    )
     nc = await natsconn.connect(settings)
     if ensure:
         await ensure_stream(nc, log_settings)
-    return Client(nc, log_settings, coalesce_ms=window)
+    return Client(nc, log_settings, coalesce_ms=window, checkpoint_chunks=every)
 
 
 class Session:
@@ -249,22 +268,37 @@ class Run:
         self._messages += 1
         mid = check_id(message_id, "message id") if message_id else f"{self.id}-m{self._messages}"
         window = self.session.client.coalesce_ms if coalesce_ms is None else coalesce_ms
-        return Message(self.session, self.id, mid, window)
+        return Message(
+            self.session,
+            self.id,
+            mid,
+            window,
+            checkpoint_every=self.session.client.checkpoint_chunks,
+        )
 
 
 class Message:
     """A streamed agent message: ``start()``, ``append(delta)``..., ``complete()``."""
 
     def __init__(
-        self, session: Session, run_id: str | None, message_id: str, coalesce_ms: float
+        self,
+        session: Session,
+        run_id: str | None,
+        message_id: str,
+        coalesce_ms: float,
+        *,
+        checkpoint_every: int = DEFAULT_CHECKPOINT_CHUNKS,
     ) -> None:
         self.session = session
         self.run_id = run_id
         self.id = message_id
         self.subject = subjects.agent_message(session.id, message_id)
         self.coalesce = coalesce_ms / 1000.0
+        self.checkpoint_every = checkpoint_every
         self.text = ""
         self.chunks = 0
+        self._checkpointed_at = 0
+        self._start_data: dict[str, Any] | None = None
         self.started = False
         self.completed = False
         self._buffer: list[str] = []
@@ -277,6 +311,7 @@ class Message:
 
     async def start(self, **data: Any) -> int:
         self.started = True
+        self._start_data = data or None
         event = self.session._event(
             wire.MESSAGE_START, message=self.id, run=self.run_id, role="agent", data=data or None
         )
@@ -315,6 +350,30 @@ class Message:
             await self.session._publish(self.subject, event, self._dedupe(str(index)))
             self.chunks += 1
             self.text += text
+            await self._maybe_checkpoint()
+
+    async def _maybe_checkpoint(self) -> None:
+        """Every ``checkpoint_every`` chunks, store the text so far and roll the deltas up."""
+        if (
+            self.checkpoint_every <= 0
+            or self.chunks - self._checkpointed_at < self.checkpoint_every
+        ):
+            return
+        last = self.chunks - 1
+        event = self.session._event(
+            wire.MESSAGE_SNAPSHOT,
+            message=self.id,
+            run=self.run_id,
+            role="agent",
+            text=self.text,
+            i=last,
+            status="streaming",
+            data=self._start_data,
+        )
+        await self.session._publish(
+            self.subject, event, self._dedupe(f"checkpoint-{last}"), rollup=True
+        )
+        self._checkpointed_at = self.chunks
 
     async def reset(self, text: str = "") -> None:
         """Replace everything streamed so far with ``text``; devices replace, not append."""
@@ -326,6 +385,7 @@ class Message:
             await self.session._publish(self.subject, event, self._dedupe(str(index)))
             self.chunks += 1
             self.text = text
+            await self._maybe_checkpoint()
 
     async def complete(self, **data: Any) -> int:
         """Publish the full text as ``message.complete``; the stored deltas are rolled up."""

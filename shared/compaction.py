@@ -9,6 +9,8 @@ asks for (everything after ``since``):
   ``message.delta`` (``text`` concatenated; ``i`` is the last chunk index, ``from_i`` the
   first) or, when a ``message.reset`` is in the stretch, one ``message.reset`` with the
   text from that reset onwards;
+* a stored checkpoint (``message.snapshot``, which rolled up the deltas before it) counts
+  as the message's start with its text;
 * a message whose final form (complete, edit, delete) is in the stretch keeps only that;
 * every other event stays as it is.
 
@@ -47,11 +49,16 @@ def compact(events: list[StoredEvent]) -> list[tuple[int, Event]]:
         if stored.kind != "a" or not isinstance(message, str) or kind not in wire.MESSAGE_TYPES:
             out.append((stored.seq, event))
             continue
-        if kind in (wire.MESSAGE_START, wire.MESSAGE_DELTA, wire.MESSAGE_RESET):
+        if kind in (
+            wire.MESSAGE_START,
+            wire.MESSAGE_SNAPSHOT,
+            wire.MESSAGE_DELTA,
+            wire.MESSAGE_RESET,
+        ):
             state = streams.setdefault(message, _Stream())
             text = event.get("text")
             chunk = event.get("i")
-            if kind == wire.MESSAGE_START:
+            if kind in (wire.MESSAGE_START, wire.MESSAGE_SNAPSHOT):
                 state.started, state.parts, state.reset = event, [], False
             elif kind == wire.MESSAGE_RESET:
                 state.reset, state.parts = True, []

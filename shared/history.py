@@ -8,11 +8,13 @@ figures behind the choice are in benchmarks/replay.py and the issue note.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import orjson
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from shared import subjects, wire
 from shared.errors import Unavailable
@@ -45,46 +47,51 @@ async def read(
 ) -> Page:
     """Read the session's stored events with sequence > ``since`` (at most ``limit``)."""
     filter_subject = subjects.session_filter(session)
-    events: list[StoredEvent] = []
-    cursor = since
-    malformed = 0
+    page = Page([], since, False)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+
+    # A callback, not next_msg(): it costs half the client CPU per message (benchmarks/replay).
+    async def on_message(msg: Msg) -> None:
+        nonlocal done
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is not None:
+            if done.done():
+                return
+            if status == "404":  # nothing after the cursor
+                done.set_result(0)
+            elif status == "204":  # end of batch
+                done.set_result(int(headers.get("Nats-Num-Pending", "0")))
+            else:
+                done.set_exception(Unavailable(f"history read failed with status {status}"))
+            return
+        seq = int(headers[subjects.SEQUENCE])
+        page.last_seq = seq
+        parsed = subjects.parse(headers.get(subjects.STREAM_SUBJECT, ""))
+        event = wire.decode_event(msg.data)
+        if parsed is None or event is None:
+            page.malformed += 1
+            log.warning("event_malformed", session=session, seq=seq)
+            return
+        page.events.append(StoredEvent(seq, parsed.kind, parsed.key, event))
+
     inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
+    sub = await nc.subscribe(inbox, cb=on_message)
     try:
         while True:
-            want = batch if limit is None else min(batch, limit - len(events))
+            want = batch if limit is None else min(batch, limit - len(page.events))
             if want <= 0:
-                return Page(events, cursor, True, malformed)
-            request = {"seq": cursor + 1, "next_by_subj": filter_subject, "batch": want}
+                page.more = True
+                return page
+            request = {"seq": page.last_seq + 1, "next_by_subj": filter_subject, "batch": want}
             await nc.publish(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(request), reply=inbox)
-            got = 0
-            pending = 0
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=TIMEOUT)
-                except TimeoutError:
-                    raise Unavailable("JetStream did not answer a history read in time") from None
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status is not None:
-                    if status == "404":  # nothing after cursor
-                        return Page(events, cursor, False, malformed)
-                    if status != "204":
-                        raise Unavailable(f"history read failed with status {status}")
-                    pending = int(headers.get("Nats-Num-Pending", "0"))
-                    break
-                seq = int(headers[subjects.SEQUENCE])
-                cursor = seq
-                got += 1
-                parsed = subjects.parse(headers.get(subjects.STREAM_SUBJECT, ""))
-                event = wire.decode_event(msg.data)
-                if parsed is None or event is None:
-                    malformed += 1
-                    log.warning("event_malformed", session=session, seq=seq)
-                    continue
-                events.append(StoredEvent(seq, parsed.kind, parsed.key, event))
-            if pending == 0 or got == 0:
-                more = pending > 0
-                return Page(events, cursor, more, malformed)
+            try:
+                pending = await asyncio.wait_for(done, TIMEOUT)
+            except TimeoutError:
+                raise Unavailable("JetStream did not answer a history read in time") from None
+            done = loop.create_future()
+            if pending == 0:
+                return page
     finally:
         await sub.unsubscribe()

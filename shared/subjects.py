@@ -36,6 +36,7 @@ MSG_ID = "Nats-Msg-Id"
 ROLLUP = "Nats-Rollup"
 TTL = "Nats-TTL"
 SEQUENCE = "Nats-Sequence"
+LAST_SEQUENCE = "Nats-Last-Sequence"  # on republished messages: the subject's previous seq
 STREAM_SUBJECT = "Nats-Subject"
 
 

@@ -30,11 +30,13 @@ RUN_PROGRESS: Final = "run.progress"
 RUN_COMPLETED: Final = "run.completed"
 RUN_FAILED: Final = "run.failed"
 RUN_CANCELLED: Final = "run.cancelled"
-# Produced by the gateway on replay only, never stored.
+# A streaming message's text so far: produced by the gateway's replay compaction, and
+# stored by agents as a checkpoint (with Nats-Rollup: sub) every N chunks.
 MESSAGE_SNAPSHOT: Final = "message.snapshot"
 
 MESSAGE_TYPES: Final = frozenset(
     {
+        MESSAGE_SNAPSHOT,
         MESSAGE_CREATED,
         MESSAGE_START,
         MESSAGE_DELTA,

@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 
 from services.gateway.app import Gateway
-from shared import agent, subjects, wire
+from shared import agent, history, subjects, wire
 from shared.ids import new_id
 from tests.conftest import token, wait_for
 from tests.device import Device
@@ -272,3 +272,46 @@ async def test_coalescing_window_rolls_appends_up(gateway: Gateway, client: agen
     assert device.view.texts["m"] == "".join(WORDS)
     assert msg.chunks < 5
     await device.close()
+
+
+async def test_checkpoints_bound_replay_and_skip_live_devices(
+    gateway: Gateway, nats_server: object
+) -> None:
+    """Checkpoints keep at most N deltas stored per streaming message; live devices skip them."""
+    from shared.settings import LogSettings
+
+    c = await agent.connect(
+        nats_server.settings("ckpt"),  # type: ignore[attr-defined]
+        log_settings=LogSettings(),
+        checkpoint_chunks=100,
+    )
+    sid = new_id("s-")
+    live = Device(sid, token([sid]))
+    await live.connect(url(gateway))
+    await wait_for(lambda: live.view.live, what="live")
+    words = [f"c{i} " for i in range(650)]
+    run = agent.Run(c.session(sid), "r")
+    message = run.message("m")
+    for word in words[:325]:
+        await message.append(word)
+    away = Device(sid, token([sid]))
+    await away.connect(url(gateway), since=0)
+    await wait_for(lambda: away.view.live, what="mid-answer device caught up")
+    assert away.view.texts == {"m": "".join(words[:325])}
+    assert away.view.frames <= 4  # hello, one snapshot, caught_up (+ maybe one live delta)
+    await away.disconnect()
+    for word in words[325:]:
+        await message.append(word)
+    page = await history.read(c.nc, c.log_settings.stream, sid, 0)
+    assert len(page.events) <= 1 + 100  # the last checkpoint and the deltas after it
+    assert page.events[0].event["type"] == wire.MESSAGE_SNAPSHOT
+    await away.connect(url(gateway))
+    await wait_for(lambda: away.view.live, what="reconnected device caught up")
+    await wait_for(lambda: live.view.texts.get("m") == "".join(words), what="live device text")
+    assert away.view.texts == {"m": "".join(words)}
+    # The live device got the start and every delta, and none of the six checkpoints.
+    assert live.view.frames == 2 + 1 + len(words)
+    await message.complete()
+    await live.close()
+    await away.close()
+    await c.close()

@@ -32,7 +32,7 @@ class Device:
         self._send = send
         self._on_overflow = on_overflow
         self._limit = queue_frames
-        self._buffer: list[tuple[int, bytes]] = []
+        self._buffer: list[tuple[int, bytes, int]] = []
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.overflowed = False
         self.writer: asyncio.Task[None] | None = None
@@ -40,14 +40,18 @@ class Device:
     def start(self) -> None:
         self.writer = asyncio.create_task(self._write_loop())
 
-    def offer(self, seq: int, frame: bytes) -> None:
-        """A live (or resynced) event frame; delivered once, in sequence order."""
+    def offer(self, seq: int, frame: bytes, covers: int = 0) -> None:
+        """A live (or resynced) event frame; delivered once, in sequence order.
+
+        ``covers`` > 0 marks a checkpoint that repeats what a device with everything up to
+        that sequence already has; such a device skips it.
+        """
         if self.replaying:
-            self._buffer.append((seq, frame))
+            self._buffer.append((seq, frame, covers))
             if len(self._buffer) > self._limit:
                 self._overflow()
             return
-        if seq <= self.delivered:
+        if seq <= self.delivered or (covers and self.delivered >= covers):
             return
         self.delivered = seq
         self.push(frame)
@@ -72,8 +76,8 @@ class Device:
         self.delivered = max(self.delivered, caught_up_to)
         self.replaying = False
         buffered, self._buffer = self._buffer, []
-        for seq, frame in buffered:
-            self.offer(seq, frame)
+        for seq, frame, covers in buffered:
+            self.offer(seq, frame, covers)
 
     def _overflow(self) -> None:
         if not self.overflowed:

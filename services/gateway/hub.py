@@ -35,7 +35,7 @@ class SessionHub:
         self.subscription: Subscription | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._resyncing = False
-        self._held: list[tuple[int, bytes]] = []
+        self._held: list[tuple[int, bytes, int]] = []
 
     async def open(self) -> None:
         try:
@@ -65,15 +65,20 @@ class SessionHub:
             log.warning("event_malformed", session=self.session, seq=seq)
             self.last_seq = max(self.last_seq, seq)
             return
-        self.deliver(seq, wire.event_frame_raw(seq, msg.data))
+        covers = 0
+        if event.get("type") == wire.MESSAGE_SNAPSHOT:
+            # A checkpoint repeats text a device already has if it has everything up to the
+            # previous event on the same message subject.
+            covers = int(headers.get(subjects.LAST_SEQUENCE) or 0)
+        self.deliver(seq, wire.event_frame_raw(seq, msg.data), covers)
 
-    def deliver(self, seq: int, frame: bytes) -> None:
+    def deliver(self, seq: int, frame: bytes, covers: int = 0) -> None:
         if self._resyncing:
-            self._held.append((seq, frame))
+            self._held.append((seq, frame, covers))
             return
         self.last_seq = max(self.last_seq, seq)
         for device in tuple(self.devices):
-            device.offer(seq, frame)
+            device.offer(seq, frame, covers)
 
     def caught_up(self, seq: int) -> None:
         """A device finished its replay at ``seq``: nothing before it needs resyncing."""
@@ -102,8 +107,8 @@ class SessionHub:
         finally:
             self._resyncing = False
             held, self._held = self._held, []
-            for seq, frame in held:
-                self.deliver(seq, frame)
+            for seq, frame, covers in held:
+                self.deliver(seq, frame, covers)
 
     async def close(self) -> None:
         if self.subscription is not None:
