@@ -95,12 +95,7 @@ class Client:
 
     async def close(self) -> None:
         """Flush what is pending and close (waits at most 5 s)."""
-        if self.nc.is_closed:
-            return
-        try:
-            await asyncio.wait_for(self.nc.drain(), 5.0)
-        except (TimeoutError, NatsTimeoutError):
-            await self.nc.close()
+        await natsconn.close(self.nc)
 
     async def __aenter__(self) -> Client:
         return self

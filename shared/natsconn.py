@@ -74,3 +74,20 @@ async def connect(
     url = nc.connected_url
     log.info("nats_connected", host=url.hostname if url else None, port=url.port if url else None)
     return nc
+
+
+async def close(nc: NATS, timeout: float = 5.0) -> None:
+    """Drain (flush pending publishes, finish callbacks) then close; never hangs.
+
+    Draining a client that is disconnected and reconnecting would wait forever, so such a
+    client, or one whose drain takes longer than ``timeout``, is closed outright.
+    """
+    if nc.is_closed:
+        return
+    if not nc.is_connected:
+        await nc.close()
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except (TimeoutError, nats.errors.Error):
+        await nc.close()

@@ -7,6 +7,8 @@ Credentials are generated once and kept in ``{data_dir}/credentials.json`` (mode
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
 import secrets
@@ -31,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 _LISTEN_RE = re.compile(r"Listening for client connections on ([\d.]+|\[[^\]]+\]):(\d+)")
 READY_LINE = "Server is ready"
+PR_SET_PDEATHSIG = 1
 
 
 def nats_server_binary() -> str:
@@ -111,6 +114,16 @@ system_account: SYS
 """
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it if its parent dies (even by
+    SIGKILL), so no gateway or agent outlives its supervisor."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still applies
+        pass
+
+
 class EmbeddedNats:
     """A nats-server child process, started from a generated config in ``data_dir``.
 
@@ -126,8 +139,10 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         port: int = 4222,
         on_line: Callable[[str], None] | None = None,
+        tie_to_parent: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        self.tie_to_parent = tie_to_parent
         self.host = host
         self.port = port
         self.on_line = on_line
@@ -168,6 +183,7 @@ class EmbeddedNats:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent if self.tie_to_parent else None,
         )
         ready = threading.Event()
         found: list[int] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from shared.server import EmbeddedNats
+from shared.server import EmbeddedNats, die_with_parent
 from shared.settings import Secret
 from shared.tokens import mint
 
@@ -61,6 +61,7 @@ class Child:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             env={**os.environ, **self.env},
+            preexec_fn=die_with_parent,
         )
         log.info("child_started", child=self.name, pid=self.process.pid)
         asyncio.create_task(self._read_stdout(self.process))
@@ -126,7 +127,7 @@ async def watch_server(server: EmbeddedNats, stop: asyncio.Event) -> None:
         log.warning("nats_server_exited", code=code, tail=list(server.output)[-3:])
         await asyncio.sleep(1.0)
         if not stop.is_set():
-            await asyncio.to_thread(server.start)
+            server.start()
 
 
 async def up(
@@ -152,8 +153,8 @@ async def up(
     }
     server: EmbeddedNats | None = None
     if nats_url is None:
-        server = EmbeddedNats(data_dir, port=nats_port)
-        await asyncio.to_thread(server.start)
+        server = EmbeddedNats(data_dir, port=nats_port, tie_to_parent=True)
+        server.start()  # from the main thread: the parent-death signal follows the thread
         env.update(server.client_env())
     else:
         env["TETHER_NATS_URL"] = nats_url

@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from shared.server import EmbeddedNats
 from tests.conftest import ROOT, wait_for
@@ -57,12 +59,34 @@ class Up:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
     def group_alive(self) -> bool:
         try:
             os.killpg(self.process.pid, 0)
         except ProcessLookupError:
             return False
         return True
+
+
+@pytest.fixture
+def start_up() -> Iterator[Callable[..., Up]]:
+    """Start `tether up` processes; whatever is left of them is killed at teardown."""
+    started: list[Up] = []
+
+    def start(*args: str) -> Up:
+        up = Up(*args)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        up.kill_group()
 
 
 async def chat(url: str, token: str, session: str, text: str) -> Device:
@@ -84,10 +108,12 @@ async def chat(url: str, token: str, session: str, text: str) -> Device:
     return device
 
 
-async def test_up_runs_the_suite_and_keeps_sessions_across_restarts(tmp_path: Path) -> None:
+async def test_up_runs_the_suite_and_keeps_sessions_across_restarts(
+    tmp_path: Path, start_up: Callable[..., Up]
+) -> None:
     """tether up serves a demo agent's streamed answer, stops cleanly and keeps sessions."""
     data = tmp_path / "data"
-    up = Up("--data-dir", str(data), "--nats-port=-1")
+    up = start_up("--data-dir", str(data), "--nats-port=-1")
     assert "Tether is up." in up.lines
     device = await chat(up.url, up.token, "demo-up", "hello there")
     answer = device.view.texts["reply-q1"]
@@ -97,7 +123,7 @@ async def test_up_runs_the_suite_and_keeps_sessions_across_restarts(tmp_path: Pa
     await asyncio.sleep(0.2)
     assert not up.group_alive(), "a child of tether up outlived it"
 
-    again = Up("--data-dir", str(data), "--nats-port=-1")
+    again = start_up("--data-dir", str(data), "--nats-port=-1")
     late = Device("demo-up", again.token)
     await late.connect(again.url, since=0)
     await wait_for(lambda: late.view.live, what="history after restart")
@@ -106,13 +132,33 @@ async def test_up_runs_the_suite_and_keeps_sessions_across_restarts(tmp_path: Pa
     assert again.terminate() == 0
 
 
-async def test_up_with_existing_nats(tmp_path: Path, own_nats: EmbeddedNats) -> None:
+async def test_up_with_existing_nats(
+    tmp_path: Path, own_nats: EmbeddedNats, start_up: Callable[..., Up]
+) -> None:
     """--nats-url runs the gateway and demo agent against an existing NATS."""
     creds = own_nats.creds
     url = f"nats://{creds.app_user}:{creds.app_password.reveal()}@127.0.0.1:{own_nats.port}"
-    up = Up("--data-dir", str(tmp_path / "d"), "--nats-url", url)
+    up = start_up("--data-dir", str(tmp_path / "d"), "--nats-url", url)
     assert not (tmp_path / "d" / "jetstream").exists()  # no bundled server was started
     device = await chat(up.url, up.token, "external", "ping")
     assert "ping" in device.view.texts["reply-q1"]
     await device.close()
     assert up.terminate() == 0
+
+
+async def test_up_killed_takes_its_children_with_it(
+    tmp_path: Path, start_up: Callable[..., Up]
+) -> None:
+    """SIGKILL of tether up leaves no orphan: nats-server, gateway and agent exit too."""
+    up = start_up("--data-dir", str(tmp_path / "data"), "--nats-port=-1")
+    children = subprocess.run(
+        ["pgrep", "-g", str(up.process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert len(children) >= 4  # up, nats-server, gateway, demo agent
+    up.process.kill()  # the supervisor alone, not its group
+    up.process.wait()
+    for _ in range(100):
+        if not up.group_alive():
+            break
+        await asyncio.sleep(0.1)
+    assert not up.group_alive(), "children outlived a killed tether up"

@@ -102,8 +102,8 @@ class Gateway:
             await connection.ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"restarting")
         if self.runner is not None:
             await self.runner.cleanup()
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+        if self._nc is not None:
+            await natsconn.close(self._nc)
         log.info("gateway_stopped")
 
 
