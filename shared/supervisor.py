@@ -168,10 +168,17 @@ async def up(
         await child.spawn()
         tasks.append(asyncio.create_task(child.supervise()))
     gateway = children[0]
-    ready = asyncio.create_task(gateway.ready.wait())
+    # The banner waits for every child: a message sent before the demo agent's inbox exists
+    # would not be answered.
+    async def all_ready() -> None:
+        for child in children:
+            await child.ready.wait()
+
+    ready = asyncio.create_task(all_ready())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if gateway.ready.is_set():
+    ready.cancel()
+    if all(child.ready.is_set() for child in children):
         token = mint(secret, subject="dev", sessions=["*"], role="user", ttl_seconds=30 * 86400)
         url = f"http://{host}:{gateway.ready_info.get('port', port)}"
         banner = [
