@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from shared import logs
+from shared import logs, loop
 from shared.errors import ConfigError, TetherError
 from shared.ids import new_id
 from shared.settings import Env, Secret
@@ -206,13 +206,13 @@ def run(args: argparse.Namespace) -> int:
         if args.port is not None:
             os.environ["TETHER_GATEWAY_PORT"] = str(args.port)
         logs.configure("gateway")
-        asyncio.run(serve(GatewaySettings.from_env()))
+        loop.run(serve(GatewaySettings.from_env()))
         return 0
     if command == "demo-agent":
         from shared.demo_agent import run_demo_agent
 
         logs.configure("demo-agent")
-        asyncio.run(run_demo_agent())
+        loop.run(run_demo_agent())
         return 0
     if command == "tail":
         return asyncio.run(cmd_tail(args))
