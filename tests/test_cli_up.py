@@ -151,7 +151,7 @@ async def test_up_killed_takes_its_children_with_it(
 ) -> None:
     """SIGKILL of tether up leaves no orphan: nats-server, gateway and agent exit too."""
     up = start_up("--data-dir", str(tmp_path / "data"), "--nats-port=-1")
-    children = subprocess.run(
+    children = subprocess.run(  # noqa: ASYNC221 - a quick pgrep
         ["pgrep", "-g", str(up.process.pid)], capture_output=True, text=True
     ).stdout.split()
     assert len(children) >= 4  # up, nats-server, gateway, demo agent

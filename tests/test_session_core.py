@@ -10,7 +10,8 @@ import orjson
 from services.gateway.app import Gateway
 from shared import agent, history, subjects, wire
 from shared.ids import new_id
-from tests.conftest import token, wait_for
+from shared.server import EmbeddedNats
+from tests.conftest import gateway_settings, token, wait_for
 from tests.device import Device
 
 WORDS = [f"w{i} " for i in range(60)]
@@ -315,3 +316,22 @@ async def test_checkpoints_bound_replay_and_skip_live_devices(
     await live.close()
     await away.close()
     await c.close()
+
+
+async def test_long_replay_is_paced_not_overflowed(
+    nats_server: EmbeddedNats, client: agent.Client
+) -> None:
+    """A replay longer than the send queue is paced by the socket; no slow-client close."""
+    gw = Gateway(gateway_settings(nats_server, send_queue_frames=32))
+    await gw.start()
+    sid = new_id("s-")
+    session = client.session(sid)
+    for i in range(300):
+        await session.post(f"message {i}", message_id=f"n{i}", role="user")
+    device = Device(sid, token([sid]))
+    await device.connect(url(gw), since=0)
+    await wait_for(lambda: device.view.live, what="long replay done")
+    assert len(device.view.texts) == 300
+    assert device.connected
+    await device.close()
+    await gw.stop()

@@ -36,6 +36,8 @@ class Device:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.overflowed = False
         self.writer: asyncio.Task[None] | None = None
+        self._room = asyncio.Event()  # set while the queue is at most half full
+        self._room.set()
 
     def start(self) -> None:
         self.writer = asyncio.create_task(self._write_loop())
@@ -65,11 +67,19 @@ class Device:
             return
         self._queue.put_nowait(frame)
 
-    def replayed(self, seq: int, frame: bytes) -> None:
-        """A frame of this device's own replay (already compacted and ordered)."""
-        if seq > self.delivered:
-            self.delivered = seq
-            self.push(frame)
+    async def replayed(self, seq: int, frame: bytes) -> None:
+        """A frame of this device's own replay (already compacted and ordered).
+
+        Waits while the queue is more than half full, so a long replay is paced by the
+        socket instead of overflowing the queue; live frames keep the other half.
+        """
+        if seq <= self.delivered:
+            return
+        if self._queue.qsize() >= self._limit // 2:
+            self._room.clear()
+            await self._room.wait()
+        self.delivered = seq
+        self.push(frame)
 
     def go_live(self, caught_up_to: int) -> None:
         """End the replay: deliver buffered live frames newer than the replay."""
@@ -91,6 +101,8 @@ class Device:
             if frame is None:
                 return
             await self._send(frame)
+            if not self._room.is_set() and self._queue.qsize() <= self._limit // 4:
+                self._room.set()
 
     async def close(self) -> None:
         """Stop the writer after what is queued has been sent."""

@@ -166,7 +166,7 @@ class Connection:
             page_size=REPLAY_PAGE,
         ):
             for seq, event in chunk.events:
-                self.device.replayed(seq, wire.event_frame(seq, event))
+                await self.device.replayed(seq, wire.event_frame(seq, event))
             last = chunk.last_seq
             gateway.counters["replayed_events"] += len(chunk.events)
         caught_up = max(last, self.device.delivered)
