@@ -90,3 +90,48 @@ def parse(subject: str) -> LogSubject | None:
     if parts[3] not in KINDS:
         return None
     return LogSubject(session=parts[2], kind=parts[3], key=parts[4])
+
+
+# ---- presence ------------------------------------------------------------------------
+# The presence bucket: one key per (session, role, participant, connection). The bucket's
+# stream republishes every change to ``tether.presence.{key}``; gateways and agents follow
+# a session there, and read a snapshot with a batched direct get.
+PRESENCE_BUCKET = "TETHER_PRESENCE"
+PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
+PRESENCE_KEY_ROOT = f"$KV.{PRESENCE_BUCKET}"
+PRESENCE_LIVE_ROOT = f"{PREFIX}.presence"
+ROLES = ("user", "agent")
+
+# The server's connection events (system account).
+SYS_CONNECT = "$SYS.ACCOUNT.*.CONNECT"
+SYS_DISCONNECT = "$SYS.ACCOUNT.*.DISCONNECT"
+SYS_CONNZ = "$SYS.REQ.SERVER.PING.CONNZ"
+
+
+def presence_key(session: str, role: str, participant: str, connection: str) -> str:
+    """The bucket key ``{session}.{role}.{participant}.{connection}``."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    return ".".join(
+        (
+            check_id(session),
+            role,
+            check_id(participant, "participant id"),
+            check_id(connection, "connection id"),
+        )
+    )
+
+
+def presence_subject(key: str) -> str:
+    return f"{PRESENCE_KEY_ROOT}.{key}"
+
+
+def presence_filter(session: str) -> str:
+    """Every stored presence key of one session (for snapshots)."""
+    return f"{PRESENCE_KEY_ROOT}.{check_id(session)}.>"
+
+
+def presence_live(session: str, role: str | None = None) -> str:
+    """The republished presence changes of one session (optionally of one role)."""
+    tail = f"{role}.>" if role else ">"
+    return f"{PRESENCE_LIVE_ROOT}.{check_id(session)}.{tail}"

@@ -168,6 +168,7 @@ async def up(
         await child.spawn()
         tasks.append(asyncio.create_task(child.supervise()))
     gateway = children[0]
+
     # The banner waits for every child: a message sent before the demo agent's inbox exists
     # would not be answered.
     async def all_ready() -> None:

@@ -30,6 +30,8 @@ class View:
     acks: list[dict[str, Any]] = field(default_factory=list)
     caught_up: int = 0
     live: bool = False
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)  # by connection id
+    presence: list[dict[str, Any]] = field(default_factory=list)  # presence frames, in order
     frames: int = 0
     wire_bytes: int = 0
 
@@ -37,6 +39,7 @@ class View:
         kind = frame["type"]
         if kind == "hello":
             self.hellos.append(frame)
+            self.members = {m["connection"]: m for m in frame.get("presence", [])}
             self.epoch = frame["epoch"]
             self.caught_up = 0
             if not frame["recovered"]:
@@ -57,6 +60,13 @@ class View:
             self.live = True
             self.caught_up = frame["seq"]
             self.position = max(self.position, frame["seq"])
+        elif kind == "presence":
+            self.presence.append(frame)
+            member = frame["member"]
+            if frame["action"] == "leave":
+                self.members.pop(member["connection"], None)
+            else:
+                self.members[member["connection"]] = member
         elif kind == "error":
             self.errors.append(frame)
         elif kind == "ack":

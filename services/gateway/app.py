@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from services.gateway import http, ws
 from services.gateway.hub import Hubs
 from services.gateway.settings import GatewaySettings
-from shared import natsconn
+from shared import natsconn, presence
 from shared.streams import ensure_stream
 from shared.tokens import Claims, verify
 
@@ -38,6 +38,7 @@ class Gateway:
         self.settings = settings
         self._nc: NATS | None = None
         self._hubs: Hubs | None = None
+        self._presence: presence.Writer | None = None
         self.connections: set[Connection] = set()
         self.counters: Counter[str] = Counter()
         self.runner: web.AppRunner | None = None
@@ -54,6 +55,12 @@ class Gateway:
         if self._hubs is None:
             raise RuntimeError("gateway is not started")
         return self._hubs
+
+    @property
+    def presence(self) -> presence.Writer:
+        if self._presence is None:
+            raise RuntimeError("gateway is not started")
+        return self._presence
 
     def authenticate(self, request: web.Request) -> Claims:
         """Verify the token from ``Authorization: Bearer`` or ``?token=``."""
@@ -72,13 +79,17 @@ class Gateway:
         app.router.add_get("/v1/sessions/{session}/ws", partial(ws.handle, self))
         app.router.add_get("/v1/sessions/{session}/events", partial(http.events, self))
         app.router.add_post("/v1/sessions/{session}/messages", partial(http.post_message, self))
+        app.router.add_get("/v1/sessions/{session}/presence", partial(http.get_presence, self))
         app.router.add_get("/healthz", partial(http.healthz, self))
         return app
 
     async def start(self) -> None:
         self._nc = await natsconn.connect(self.settings.nats, on_reconnect=self._on_reconnect)
         await ensure_stream(self._nc, self.settings.log)
+        await presence.ensure_bucket(self._nc, self.settings.log.replicas)
         self._hubs = Hubs(self._nc, self.settings.log.stream)
+        self._presence = presence.Writer(self._nc)
+        self._presence.start()
         # access_log=None: the access log would print ?token= query strings.
         self.runner = web.AppRunner(
             self.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0
@@ -93,6 +104,8 @@ class Gateway:
         log.info("gateway_listening", host=self.settings.host, port=self.port)
 
     async def _on_reconnect(self) -> None:
+        if self._presence is not None:
+            await self._presence.reown()  # before the presence service's grace period ends
         if self._hubs is not None:
             await self._hubs.resync_all()
 

@@ -35,6 +35,7 @@ class Device:
         self._buffer: list[tuple[int, bytes, int]] = []
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.overflowed = False
+        self.greeted = False
         self.writer: asyncio.Task[None] | None = None
         self._room = asyncio.Event()  # set while the queue is at most half full
         self._room.set()
@@ -66,6 +67,16 @@ class Device:
             self._overflow()
             return
         self._queue.put_nowait(frame)
+
+    def greet(self, hello: bytes) -> None:
+        """Send the hello frame; presence frames flow only after it (it holds a snapshot)."""
+        self.greeted = True
+        self.push(hello)
+
+    def notify(self, frame: bytes) -> None:
+        """A presence frame (no sequence); dropped before the hello, which covers it."""
+        if self.greeted:
+            self.push(frame)
 
     async def replayed(self, seq: int, frame: bytes) -> None:
         """A frame of this device's own replay (already compacted and ordered).

@@ -10,7 +10,7 @@ from aiohttp import web
 from services.gateway import replay
 from services.gateway.messages import publish_user_message
 from services.gateway.ws import MAX_TEXT, parse_since
-from shared import wire
+from shared import presence, subjects, wire
 from shared.errors import BadFrame, ClientError, FrameTooLarge
 from shared.ids import check_id, new_id
 
@@ -98,6 +98,19 @@ async def post_message(gateway: Gateway, request: web.Request) -> web.Response:
         {"id": stored.message, "seq": stored.seq, "duplicate": stored.duplicate},
         status=200 if stored.duplicate else 201,
     )
+
+
+async def get_presence(gateway: Gateway, request: web.Request) -> web.Response:
+    """``GET /v1/sessions/{id}/presence``: who is in the session now."""
+    try:
+        session = check_id(request.match_info["session"])
+        claims = gateway.authenticate(request)
+        claims.require(session)
+        current = await presence.snapshot(gateway.nc, subjects.presence_filter(session))
+    except ClientError as error:
+        return error_response(error)
+    members = [c.entry.public() for c in current.values() if c.entry is not None]
+    return json_response({"session": session, "members": members})
 
 
 async def healthz(gateway: Gateway, request: web.Request) -> web.Response:

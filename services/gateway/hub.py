@@ -19,7 +19,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.gateway.device import Device
-from shared import history, subjects, wire
+from services.gateway.roster import Roster
+from shared import history, presence, subjects, wire
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,8 @@ class SessionHub:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._resyncing = False
         self._held: list[tuple[int, bytes, int]] = []
+        self.roster = Roster()
+        self.presence_subscription: Subscription | None = None
 
     async def open(self) -> None:
         try:
@@ -45,7 +48,13 @@ class SessionHub:
                 pending_msgs_limit=1_000_000,
                 pending_bytes_limit=512 * 1024 * 1024,
             )
+            self.presence_subscription = await self.hubs.nc.subscribe(
+                subjects.presence_live(self.session), cb=self._on_presence
+            )
             await self.hubs.nc.flush()  # the server has our interest before anyone reads history
+            self.roster.load(
+                await presence.snapshot(self.hubs.nc, subjects.presence_filter(self.session))
+            )
             self.ready.set_result(None)
         except BaseException as exc:
             self.ready.set_exception(exc)
@@ -71,6 +80,16 @@ class SessionHub:
             # previous event on the same message subject.
             covers = int(headers.get(subjects.LAST_SEQUENCE) or 0)
         self.deliver(seq, wire.event_frame_raw(seq, msg.data), covers)
+
+    async def _on_presence(self, msg: Msg) -> None:
+        change = presence.parse_change(msg.subject, msg.headers, msg.data)
+        if change is None:
+            self.hubs.malformed += 1
+            return
+        frame = self.roster.apply(change)
+        if frame is not None:
+            for device in tuple(self.devices):
+                device.notify(frame)
 
     def deliver(self, seq: int, frame: bytes, covers: int = 0) -> None:
         if self._resyncing:
@@ -111,11 +130,12 @@ class SessionHub:
                 self.deliver(seq, frame, covers)
 
     async def close(self) -> None:
-        if self.subscription is not None:
-            try:
-                await self.subscription.unsubscribe()
-            except Exception:  # noqa: BLE001 - connection already closed
-                pass
+        for subscription in (self.subscription, self.presence_subscription):
+            if subscription is not None:
+                try:
+                    await subscription.unsubscribe()
+                except Exception:  # noqa: BLE001 - connection already closed
+                    pass
 
 
 class Hubs:

@@ -71,7 +71,10 @@ async def handle(gateway: Gateway, request: web.Request) -> web.WebSocketRespons
     except ClientError as error:
         gateway.counters["ws_rejected"] += 1
         return await reject(ws, error)
-    await Connection(gateway, ws, session, claims, since, request.query.get("epoch")).run()
+    device_name = request.query.get("device") or request.headers.get("User-Agent") or ""
+    await Connection(
+        gateway, ws, session, claims, since, request.query.get("epoch"), device_name[:128]
+    ).run()
     return ws
 
 
@@ -86,7 +89,9 @@ class Connection:
         claims: Claims,
         since: int,
         epoch: str | None,
+        device_name: str = "",
     ) -> None:
+        self.device_name = device_name
         self.gateway = gateway
         self.ws = ws
         self.session = session
@@ -119,7 +124,12 @@ class Connection:
         gateway.connections.add(self)
         self.device.start()
         self.log.info("ws_connected", since=self.since)
+        role = "agent" if self.claims.role == "agent" else "user"
+        entry = gateway.presence.entry(
+            self.session, role, self.claims.subject, self.id, "online", device=self.device_name
+        )
         try:
+            await gateway.presence.set(entry)
             hub = await gateway.hubs.join(self.session, self.device)
             await self._replay(hub)
             await self._read_loop()
@@ -130,6 +140,7 @@ class Connection:
             pass
         finally:
             gateway.connections.discard(self)
+            await gateway.presence.remove(entry.key, "closed")
             await gateway.hubs.leave(self.session, self.device)
             self.device.abort()
             if not self.ws.closed:
@@ -143,10 +154,11 @@ class Connection:
         )
         if not position.recovered:
             self.device.delivered = 0
-        self.device.push(
+        self.device.greet(
             orjson.dumps(
                 {
                     "type": "hello",
+                    "presence": hub.roster.snapshot(),
                     "protocol": wire.PROTOCOL_VERSION,
                     "session": self.session,
                     "connection": self.id,

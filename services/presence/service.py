@@ -1,0 +1,191 @@
+"""The presence service: turns a dead NATS connection into ``left`` events, at once.
+
+It keeps an index of the presence bucket (who owns which key), follows the server's
+``$SYS.ACCOUNT.*.DISCONNECT`` events, and when a connection that owns keys goes away it
+removes them with reason ``crashed`` after a short grace (so a client that reconnects at
+once, re-owning its keys, does not flap). Graceful leaves are removed by their owners
+(reason ``closed``); the per-key TTL is the backstop. It never publishes events itself:
+devices see the bucket's own changes, so a restart emits nothing, and removals use an
+expected sequence so several instances never remove a key twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter, defaultdict
+from functools import partial
+from typing import Any
+
+import orjson
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from services.presence.settings import PresenceSettings
+from shared import natsconn, presence, subjects
+from shared.presence import Change
+
+log = structlog.get_logger(__name__)
+
+Owner = tuple[str, int]
+
+
+class PresenceService:
+    """Index of the bucket plus crash detection from the server's connection events."""
+
+    def __init__(self, settings: PresenceSettings) -> None:
+        self.settings = settings
+        self.index: dict[str, Change] = {}
+        self.owners: defaultdict[Owner, set[str]] = defaultdict(set)
+        self.counters: Counter[str] = Counter()
+        self.nc: NATS | None = None
+        self.sys: NATS | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.nc = await natsconn.connect(self.settings.nats)
+        self.sys = await natsconn.connect(self.settings.sys_nats)
+        await presence.ensure_bucket(self.nc, self.settings.replicas)
+        await self.nc.subscribe(f"{subjects.PRESENCE_LIVE_ROOT}.>", cb=self._on_change)
+        await self.nc.flush()
+        for change in (
+            await presence.snapshot(self.nc, f"{subjects.PRESENCE_KEY_ROOT}.>")
+        ).values():
+            self.apply(change)
+        await self.sys.subscribe(subjects.SYS_DISCONNECT, cb=self._on_disconnect)
+        await self.sys.flush()
+        self._spawn(self._reconcile_loop())
+        log.info("presence_ready", keys=len(self.index), owners=len(self.owners))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def apply(self, change: Change) -> None:
+        """Apply one bucket change to the index (older changes than the indexed one lose)."""
+        current = self.index.get(change.key)
+        if current is not None and current.seq >= change.seq:
+            return
+        if current is not None and current.entry is not None:
+            owner = (current.entry.server_id, current.entry.client_id)
+            self.owners[owner].discard(change.key)
+            if not self.owners[owner]:
+                del self.owners[owner]
+        if change.entry is None:
+            self.index.pop(change.key, None)
+            return
+        self.index[change.key] = change
+        self.owners[(change.entry.server_id, change.entry.client_id)].add(change.key)
+
+    async def _on_change(self, msg: Msg) -> None:
+        change = presence.parse_change(msg.subject, msg.headers, msg.data)
+        if change is None:
+            self.counters["malformed"] += 1
+            return
+        self.apply(change)
+
+    async def _on_disconnect(self, msg: Msg) -> None:
+        try:
+            event = orjson.loads(msg.data)
+            owner = (str(event["server"]["id"]), int(event["client"]["id"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            self.counters["malformed_sys_events"] += 1
+            return
+        if owner in self.owners:
+            self._spawn(self.expire(owner, reason=str(event.get("reason", ""))))
+
+    async def expire(self, owner: Owner, reason: str = "") -> None:
+        """After the grace period, remove every key this dead connection still owns."""
+        await asyncio.sleep(self.settings.grace_ms / 1000)
+        keys = list(self.owners.get(owner, ()))
+        if not keys:
+            return
+        log.info(
+            "presence_owner_gone",
+            server_id=owner[0][:8],
+            client_id=owner[1],
+            keys=len(keys),
+            disconnect_reason=reason,
+        )
+        await asyncio.gather(*(self._remove_crashed(key) for key in keys))
+
+    async def _remove_crashed(self, key: str) -> None:
+        change = self.index.get(key)
+        if change is None or self.nc is None:
+            return
+        try:
+            removed = await presence.remove(self.nc, key, "crashed", expected_seq=change.seq)
+        except Exception as exc:  # noqa: BLE001 - retried by the next reconcile
+            log.warning("presence_remove_failed", key=key, error=repr(exc))
+            return
+        self.counters["crashed" if removed else "raced"] += 1
+
+    async def connected_owners(self) -> set[Owner] | None:
+        """Every client connection the servers report (CONNZ), or None if one failed."""
+        if self.sys is None:
+            return None
+        inbox = self.sys.new_inbox()
+        replies: list[dict[str, Any]] = []
+        sub = await self.sys.subscribe(inbox, cb=partial(_collect, replies))
+        try:
+            await self.sys.publish(
+                subjects.SYS_CONNZ, orjson.dumps({"limit": 1_000_000}), reply=inbox
+            )
+            await asyncio.sleep(0.5)
+        finally:
+            await sub.unsubscribe()
+        owners: set[Owner] = set()
+        for reply in replies:
+            data = reply.get("data") or {}
+            if "error" in reply or data.get("total", 0) > len(data.get("connections") or []):
+                return None  # incomplete: better to remove nothing than something wrong
+            server_id = str(reply.get("server", {}).get("id", ""))
+            owners.update((server_id, int(c["cid"])) for c in data.get("connections") or [])
+        return owners if replies else None
+
+    async def reconcile(self) -> None:
+        """Remove keys whose owner is not connected (a crash while this service was down)."""
+        connected = await self.connected_owners()
+        if connected is None:
+            return
+        gone = [owner for owner in list(self.owners) if owner not in connected]
+        for owner in gone:
+            await self.expire(owner, reason="not connected at reconcile")
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except Exception as exc:  # noqa: BLE001 - try again next round
+                log.warning("presence_reconcile_failed", error=repr(exc))
+            await asyncio.sleep(self.settings.reconcile_seconds)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for nc in (self.sys, self.nc):
+            if nc is not None:
+                await natsconn.close(nc)
+
+
+async def _collect(replies: list[dict[str, Any]], msg: Msg) -> None:
+    try:
+        replies.append(orjson.loads(msg.data))
+    except orjson.JSONDecodeError:
+        pass
+
+
+async def serve(settings: PresenceSettings) -> None:
+    """Run the presence service until SIGTERM or SIGINT."""
+    service = PresenceService(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    print(orjson.dumps({"event": "ready", "service": "presence"}).decode(), flush=True)
+    await stop.wait()
+    await service.stop()

@@ -1,0 +1,323 @@
+"""Presence: who is in a session, in a JetStream KV bucket.
+
+One key per connection: ``{session}.{role}.{participant}.{connection}``. A value is a JSON
+object: ``state`` (users ``online``; agents ``thinking``, ``streaming``, ``idle``,
+``offline``), ``device``, ``since`` (ms), and the NATS connection that owns it
+(``server_id``, ``client_id``). Owners refresh their keys; a per-key TTL is the backstop.
+A delete carries ``Tether-Reason`` (``closed`` or ``crashed``); a TTL expiry arrives as the
+server's delete marker (reason ``expired``). The bucket republishes every change to
+``tether.presence.{key}``: that is the live feed gateways and agents follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import orjson
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.errors import APIError
+
+from shared import subjects
+from shared.errors import InvalidId, TetherError, Unavailable
+from shared.ids import check_id
+from shared.wire import now_ms
+
+log = structlog.get_logger(__name__)
+
+NANOS = 1_000_000_000
+DEFAULT_TTL_SECONDS = 60
+MARKER_TTL_SECONDS = 60
+USER_STATES = ("online",)
+AGENT_STATES = ("thinking", "streaming", "idle", "offline")
+REASON = "Tether-Reason"
+OPERATION = "KV-Operation"
+MARKER = "Nats-Marker-Reason"
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+
+
+def bucket_config(replicas: int = 1) -> dict[str, Any]:
+    """The presence bucket (a KV stream) with per-key TTL, limit markers and republish."""
+    return {
+        "name": subjects.PRESENCE_STREAM,
+        "description": "Tether presence: one key per connection",
+        "subjects": [f"{subjects.PRESENCE_KEY_ROOT}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "discard": "new",
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "allow_direct": True,
+        "allow_msg_ttl": True,
+        "subject_delete_marker_ttl": MARKER_TTL_SECONDS * NANOS,
+        "republish": {
+            "src": f"{subjects.PRESENCE_KEY_ROOT}.>",
+            "dest": f"{subjects.PRESENCE_LIVE_ROOT}.>",
+        },
+    }
+
+
+async def ensure_bucket(nc: NATS, replicas: int = 1) -> None:
+    """Create the presence bucket, or update it to the current configuration."""
+    config = bucket_config(replicas)
+    name = subjects.PRESENCE_STREAM
+    reply = orjson.loads((await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=5)).data)
+    verb = "CREATE" if reply.get("error", {}).get("err_code") == 10059 else "UPDATE"
+    reply = orjson.loads(
+        (await nc.request(f"$JS.API.STREAM.{verb}.{name}", orjson.dumps(config), timeout=5)).data
+    )
+    if "error" in reply:
+        raise TetherError(f"presence bucket: {reply['error'].get('description')}")
+
+
+def owner_of(nc: NATS) -> tuple[str, int]:
+    """The (server id, client id) of a connection: what the server's events name."""
+    info = getattr(nc, "_server_info", None) or {}  # nats-py keeps INFO here
+    return str(info.get("server_id", "")), int(nc.client_id or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One connection present in a session."""
+
+    session: str
+    role: str
+    participant: str
+    connection: str
+    state: str
+    device: str = ""
+    since: int = 0
+    server_id: str = ""
+    client_id: int = 0
+
+    @property
+    def key(self) -> str:
+        return subjects.presence_key(self.session, self.role, self.participant, self.connection)
+
+    def public(self) -> dict[str, Any]:
+        """What devices see (no NATS connection details)."""
+        return {
+            "role": self.role,
+            "participant": self.participant,
+            "connection": self.connection,
+            "state": self.state,
+            "device": self.device,
+            "since": self.since,
+        }
+
+
+def parse_entry(key: str, data: bytes) -> Entry | None:
+    """An entry from its key and stored value; None (and a log line) when malformed."""
+    parts = key.split(".")
+    try:
+        if len(parts) != 4 or parts[1] not in subjects.ROLES:
+            raise ValueError("key is not session.role.participant.connection")
+        for part in (parts[0], parts[2], parts[3]):
+            check_id(part)
+        value = orjson.loads(data)
+        if not isinstance(value, dict) or not isinstance(value.get("state"), str):
+            raise ValueError("value is not an object with a string state")
+        return Entry(
+            session=parts[0],
+            role=parts[1],
+            participant=parts[2],
+            connection=parts[3],
+            state=value["state"][:32],
+            device=str(value.get("device", ""))[:128],
+            since=int(value.get("since", 0)),
+            server_id=str(value.get("server_id", "")),
+            client_id=int(value.get("client_id", 0)),
+        )
+    except (ValueError, TypeError, InvalidId, orjson.JSONDecodeError) as exc:
+        log.warning("presence_value_malformed", key=key[:200], error=str(exc)[:200])
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change of the bucket, as read from the live feed or a snapshot."""
+
+    key: str
+    seq: int
+    entry: Entry | None  # None: the key was removed
+    reason: str = ""
+
+
+def parse_change(subject: str, headers: dict[str, str] | None, data: bytes) -> Change | None:
+    """A change from a republished (``tether.presence.*``) or stored (``$KV.*``) message."""
+    headers = headers or {}
+    stored = headers.get(subjects.STREAM_SUBJECT, subject)
+    prefix = f"{subjects.PRESENCE_KEY_ROOT}."
+    if not stored.startswith(prefix):
+        return None
+    key = stored[len(prefix) :]
+    try:
+        seq = int(headers.get(subjects.SEQUENCE, "0"))
+    except ValueError:
+        return None
+    if headers.get(MARKER):
+        return Change(key, seq, None, "expired")
+    if headers.get(OPERATION) in ("DEL", "PURGE"):
+        return Change(key, seq, None, headers.get(REASON, "closed"))
+    entry = parse_entry(key, data)
+    return Change(key, seq, entry) if entry is not None else None
+
+
+async def put(nc: NATS, entry: Entry, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> int:
+    """Store (or refresh) an entry; returns its sequence."""
+    value = {
+        k: v
+        for k, v in asdict(entry).items()
+        if k in ("state", "device", "since", "server_id", "client_id")
+    }
+    js = nc.jetstream(timeout=5)
+    ack = await js.publish(
+        subjects.presence_subject(entry.key),
+        orjson.dumps(value),
+        headers={subjects.TTL: f"{ttl_seconds}s"},
+    )
+    return int(ack.seq)
+
+
+async def remove(nc: NATS, key: str, reason: str, *, expected_seq: int | None = None) -> bool:
+    """Delete a key with a reason; with ``expected_seq`` only if it is still that version.
+
+    Returns False when another writer changed or removed the key first (so two presence
+    service instances never both remove it, and never double an event).
+    """
+    headers = {OPERATION: "DEL", REASON: reason}
+    if expected_seq is not None:
+        headers[EXPECTED_LAST] = str(expected_seq)
+    try:
+        await nc.jetstream(timeout=5).publish(subjects.presence_subject(key), b"", headers=headers)
+    except APIError as exc:
+        if exc.err_code == 10071:  # wrong last sequence
+            return False
+        raise
+    return True
+
+
+async def snapshot(nc: NATS, filter_subject: str, timeout: float = 5.0) -> dict[str, Change]:
+    """The current entries under a filter, keyed by bucket key.
+
+    The bucket keeps one message per key, so reading every message under the filter (batched
+    direct gets, no consumer) gives exactly the current values and removal markers.
+    """
+    result: dict[str, Change] = {}
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    cursor = 0
+
+    async def on_message(msg: Msg) -> None:
+        nonlocal cursor
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is not None:
+            if not done.done():
+                done.set_result(0 if status == "404" else int(headers.get("Nats-Num-Pending", 0)))
+            return
+        cursor = max(cursor, int(headers.get(subjects.SEQUENCE, "0")))
+        change = parse_change(msg.subject, headers, msg.data)
+        if change is not None and change.entry is not None:
+            result[change.key] = change
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_message)
+    try:
+        while True:
+            request = {"seq": cursor + 1, "next_by_subj": filter_subject, "batch": 1000}
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{subjects.PRESENCE_STREAM}", orjson.dumps(request), reply=inbox
+            )
+            try:
+                pending = await asyncio.wait_for(done, timeout)
+            except TimeoutError:
+                raise Unavailable("the presence bucket did not answer in time") from None
+            if pending == 0:
+                return result
+            done = loop.create_future()
+    finally:
+        await sub.unsubscribe()
+
+
+class Writer:
+    """The entries one process owns: put, refreshed before their TTL, re-owned after a
+    reconnect (new client id), removed on close."""
+
+    def __init__(self, nc: NATS, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> None:
+        self.nc = nc
+        self.ttl = ttl_seconds
+        self.entries: dict[str, Entry] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._refresher = asyncio.create_task(self._refresh_loop())
+
+    def entry(
+        self,
+        session: str,
+        role: str,
+        participant: str,
+        connection: str,
+        state: str,
+        device: str = "",
+    ) -> Entry:
+        server_id, client_id = owner_of(self.nc)
+        return Entry(
+            session,
+            role,
+            participant,
+            connection,
+            state,
+            device[:128],
+            now_ms(),
+            server_id,
+            client_id,
+        )
+
+    async def set(self, entry: Entry) -> None:
+        """Add or change an entry (a no-op when nothing visible changed)."""
+        current = self.entries.get(entry.key)
+        if current is not None:
+            entry = replace(entry, since=current.since)
+            if current == entry:
+                return
+        self.entries[entry.key] = entry
+        await self._put(entry)
+
+    async def remove(self, key: str, reason: str = "closed") -> None:
+        if self.entries.pop(key, None) is not None:
+            try:
+                await remove(self.nc, key, reason)
+            except Exception as exc:  # noqa: BLE001 - the TTL backstop removes it later
+                log.warning("presence_remove_failed", key=key, error=repr(exc))
+
+    async def _put(self, entry: Entry) -> None:
+        try:
+            await put(self.nc, entry, self.ttl)
+        except Exception as exc:  # noqa: BLE001 - refreshed later; presence is best effort
+            log.warning("presence_put_failed", key=entry.key, error=repr(exc))
+
+    async def reown(self) -> None:
+        """After a reconnect: the same entries under the new client id, before the presence
+        service's grace period after the old connection's DISCONNECT ends."""
+        server_id, client_id = owner_of(self.nc)
+        for key, entry in list(self.entries.items()):
+            self.entries[key] = replace(entry, server_id=server_id, client_id=client_id)
+        await asyncio.gather(*(self._put(e) for e in list(self.entries.values())))
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            await asyncio.gather(*(self._put(e) for e in list(self.entries.values())))
+
+    async def close(self) -> None:
+        """Remove every entry (reason ``closed``) and stop refreshing."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+        await asyncio.gather(*(self.remove(key) for key in list(self.entries)))
