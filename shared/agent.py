@@ -17,7 +17,7 @@ a retried publish is stored once. Ids derive from the run id: pass a stable ``ru
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,9 +26,10 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError
 
-from shared import natsconn, subjects, wire
+from shared import natsconn, presence, subjects, wire
 from shared.errors import PublishError, TetherError
 from shared.ids import check_id, new_id
+from shared.listeners import Listeners
 from shared.settings import Env, LogSettings, NatsSettings
 from shared.streams import ensure_stream
 
@@ -57,6 +58,10 @@ class Client:
         self.log_settings = log_settings
         self.coalesce_ms = coalesce_ms
         self.checkpoint_chunks = checkpoint_chunks
+        self.agent_id = "agent"
+        self.instance = new_id("agent-")
+        self.presence = presence.Writer(nc)
+        self.presence.start()
 
     def session(self, session_id: str, *, ttl_seconds: int | None = None) -> Session:
         """Open a session by name (nothing is sent until the first event)."""
@@ -94,7 +99,8 @@ class Client:
         )
 
     async def close(self) -> None:
-        """Flush what is pending and close (waits at most 5 s)."""
+        """Leave every session (presence ``closed``), flush what is pending and close."""
+        await self.presence.close()
         await natsconn.close(self.nc)
 
     async def __aenter__(self) -> Client:
@@ -110,6 +116,7 @@ async def connect(
     log_settings: LogSettings | None = None,
     coalesce_ms: float | None = None,
     checkpoint_chunks: int | None = None,
+    agent_id: str | None = None,
     ensure: bool = True,
 ) -> Client:
     """Connect an agent to NATS (settings from the environment when not given).
@@ -117,7 +124,8 @@ async def connect(
     ``coalesce_ms`` (env ``TETHER_COALESCE_MS``, default 0) is the delta coalescing window:
     0 publishes every ``append``; 40 rolls appends up in 40 ms windows.
     ``checkpoint_chunks`` (env ``TETHER_CHECKPOINT_CHUNKS``, default 256; 0 = never) is how
-    often a streaming message stores a checkpoint of its text.
+    often a streaming message stores a checkpoint of its text. ``agent_id`` (env
+    ``TETHER_AGENT_ID``, default ``agent``) is the participant id devices see.
     """
     env = Env()
     settings = settings or NatsSettings.from_env(env, name="tether-agent")
@@ -130,10 +138,22 @@ async def connect(
         if checkpoint_chunks is None
         else checkpoint_chunks
     )
-    nc = await natsconn.connect(settings)
+    holder: list[Client] = []
+
+    async def on_reconnect() -> None:
+        if holder:  # re-own presence under the new client id before the grace period ends
+            await holder[0].presence.reown()
+
+    nc = await natsconn.connect(settings, on_reconnect=on_reconnect)
     if ensure:
         await ensure_stream(nc, log_settings)
-    return Client(nc, log_settings, coalesce_ms=window, checkpoint_chunks=every)
+        await presence.ensure_bucket(nc, log_settings.replicas)
+    client = Client(nc, log_settings, coalesce_ms=window, checkpoint_chunks=every)
+    client.agent_id = check_id(
+        env.string("TETHER_AGENT_ID", "agent") if agent_id is None else agent_id, "agent id"
+    )
+    holder.append(client)
+    return client
 
 
 class Session:
@@ -143,6 +163,39 @@ class Session:
         self.client = client
         self.id = session_id
         self.ttl_seconds = ttl_seconds
+
+    async def set_state(self, state: str) -> None:
+        """Publish this agent's presence state in the session (``thinking``, ``streaming``,
+        ``idle``, ``offline``); runs set it automatically."""
+        if state not in presence.AGENT_STATES:
+            raise ValueError(f"state must be one of {presence.AGENT_STATES}, not {state!r}")
+        client = self.client
+        await client.presence.set(
+            client.presence.entry(self.id, "agent", client.agent_id, client.instance, state)
+        )
+
+    async def listeners(self) -> list[dict[str, Any]]:
+        """The users' devices connected to this session now."""
+        current = await presence.snapshot(self.client.nc, subjects.presence_filter(self.id))
+        return [
+            c.entry.public()
+            for c in current.values()
+            if c.entry is not None and c.entry.role == "user"
+        ]
+
+    async def wait_for_listener(self, timeout: float | None = None) -> None:
+        """Return as soon as at least one user device is connected (at once if one is)."""
+        async with Listeners(self) as watch:
+            await asyncio.wait_for(watch.wait_for_listener(), timeout)
+
+    def watch_listeners(
+        self,
+        on_empty: Callable[[], Awaitable[None] | None] | None = None,
+        on_return: Callable[[], Awaitable[None] | None] | None = None,
+    ) -> Listeners:
+        """Follow the session's user devices: ``on_empty`` runs when the last one leaves,
+        ``on_return`` when one comes back (use ``async with``)."""
+        return Listeners(self, on_empty=on_empty, on_return=on_return)
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"v": wire.ENVELOPE_VERSION, "type": kind, "session": self.id, "ts": wire.now_ms()}
@@ -233,6 +286,7 @@ class Run:
         )
 
     async def start(self, **data: Any) -> int:
+        await self.session.set_state("thinking")
         return await self._lifecycle(wire.RUN_STARTED, "started", data=data or None)
 
     async def progress(
@@ -246,15 +300,21 @@ class Run:
 
     async def complete(self, **data: Any) -> int:
         self.ended = True
-        return await self._lifecycle(wire.RUN_COMPLETED, "end", data=data or None)
+        seq = await self._lifecycle(wire.RUN_COMPLETED, "end", data=data or None)
+        await self.session.set_state("idle")
+        return seq
 
     async def fail(self, error: str) -> int:
         self.ended = True
-        return await self._lifecycle(wire.RUN_FAILED, "end", error=error)
+        seq = await self._lifecycle(wire.RUN_FAILED, "end", error=error)
+        await self.session.set_state("idle")
+        return seq
 
     async def cancel(self, reason: str = "") -> int:
         self.ended = True
-        return await self._lifecycle(wire.RUN_CANCELLED, "end", reason=reason or None)
+        seq = await self._lifecycle(wire.RUN_CANCELLED, "end", reason=reason or None)
+        await self.session.set_state("idle")
+        return seq
 
     def message(
         self, message_id: str | None = None, *, coalesce_ms: float | None = None
@@ -307,6 +367,7 @@ class Message:
     async def start(self, **data: Any) -> int:
         self.started = True
         self._start_data = data or None
+        await self.session.set_state("streaming")
         event = self.session._event(
             wire.MESSAGE_START, message=self.id, run=self.run_id, role="agent", data=data or None
         )
@@ -401,9 +462,11 @@ class Message:
             chunks=self.chunks,
             data=data or None,
         )
-        return await self.session._publish(
+        seq = await self.session._publish(
             self.subject, event, self._dedupe("complete"), rollup=True
         )
+        await self.session.set_state("thinking" if self.run_id else "idle")
+        return seq
 
     def _check(self) -> None:
         if self._error is not None:

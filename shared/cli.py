@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", type=int, default=None)
 
     sub.add_parser("demo-agent", help="run the demo agent")
+    sub.add_parser(
+        "presence-service",
+        help="run the presence service (needs a system "
+        "account user: TETHER_NATS_SYS_USER / TETHER_NATS_SYS_PASSWORD)",
+    )
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -72,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("text")
     send.add_argument("--id", default=None, help="message id (dedupe); default: random")
     client_args(send)
+
+    who = sub.add_parser("presence", help="print who is in a session")
+    who.add_argument("session")
+    client_args(who)
 
     token = sub.add_parser("token", help="mint a gateway access token")
     token.add_argument(
@@ -162,6 +171,28 @@ async def cmd_send(args: argparse.Namespace) -> int:
         return 0 if resp.status < 300 else 1
 
 
+async def cmd_presence(args: argparse.Namespace) -> int:
+    url = args.gateway.rstrip("/")
+    headers = {"Authorization": f"Bearer {client_token(args)}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{url}/v1/sessions/{args.session}/presence", headers=headers) as resp,
+    ):
+        body = orjson.loads(await resp.read())
+        if resp.status != 200:
+            print(f"tether: {body.get('error', {}).get('message', resp.status)}", file=sys.stderr)
+            return 1
+    members = body["members"]
+    if not members:
+        print(f"nobody is in {args.session}")
+    for member in sorted(members, key=lambda m: (m["role"], m["participant"])):
+        print(
+            f"{member['role']:6} {member['participant']:24} {member['state']:10} "
+            f"{member['connection']}  {member.get('device', '')[:40]}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
@@ -214,6 +245,15 @@ def run(args: argparse.Namespace) -> int:
         logs.configure("demo-agent")
         loop.run(run_demo_agent())
         return 0
+    if command == "presence-service":
+        from services.presence.service import serve as serve_presence
+        from services.presence.settings import PresenceSettings
+
+        logs.configure("presence")
+        loop.run(serve_presence(PresenceSettings.from_env()))
+        return 0
+    if command == "presence":
+        return asyncio.run(cmd_presence(args))
     if command == "tail":
         return asyncio.run(cmd_tail(args))
     if command == "send":

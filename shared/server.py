@@ -172,6 +172,13 @@ class EmbeddedNats:
             "TETHER_NATS_PASSWORD": self.creds.app_password.reveal(),
         }
 
+    def sys_env(self) -> dict[str, str]:
+        """The system account user, for the presence service."""
+        return {
+            "TETHER_NATS_SYS_USER": self.creds.sys_user,
+            "TETHER_NATS_SYS_PASSWORD": self.creds.sys_password.reveal(),
+        }
+
     def start(self, timeout: float = 15.0) -> None:
         """Start nats-server and block until it says it is ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -161,6 +161,22 @@ async def up(
 
     watcher = asyncio.create_task(watch_server(server, stop)) if server else None
     children = [Child("gateway", ["gateway"], env)]
+    sys_env = (
+        server.sys_env()
+        if server
+        else {
+            k: v
+            for k, v in os.environ.items()
+            if k in ("TETHER_NATS_SYS_USER", "TETHER_NATS_SYS_PASSWORD")
+        }
+    )
+    if sys_env.get("TETHER_NATS_SYS_USER"):
+        children.append(Child("presence", ["presence-service"], {**env, **sys_env}))
+    else:
+        log.warning(
+            "presence_service_skipped",
+            why="--nats-url without TETHER_NATS_SYS_USER: no system account user",
+        )
     if demo_agent:
         children.append(Child("demo-agent", ["demo-agent"], env))
     tasks = []
@@ -192,7 +208,7 @@ async def up(
             "  dev token   (all sessions, 30 days)",
             f"  {token}",
             "",
-            "Try:  tether send demo 'hello'   and   tether tail demo",
+            "Try:  tether send demo 'hello'   tether tail demo   tether presence demo",
             "Ctrl-C stops everything.",
             "",
         ]
