@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,10 +77,16 @@ def token(sessions: list[str] | None = None, **kwargs: object) -> str:
     )  # type: ignore[arg-type]
 
 
-class GatewayProcess:
-    """A gateway subprocess started the way `tether gateway` runs, ready when it says so."""
+class ServiceProcess:
+    """A `tether <command>` subprocess started the way users run it, ready when it says so."""
 
-    def __init__(self, server: EmbeddedNats, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        server: EmbeddedNats,
+        extra_env: dict[str, str] | None = None,
+        module: str = "shared.cli",
+    ) -> None:
         env = {
             **os.environ,
             **server.client_env(),
@@ -90,7 +96,7 @@ class GatewayProcess:
             **(extra_env or {}),
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "gateway"],
+            [sys.executable, "-m", module, *command],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -98,6 +104,7 @@ class GatewayProcess:
         )
         self.port = 0
         ready = threading.Event()
+        self.ready_info: dict[str, object] = {}
 
         def read() -> None:
             assert self.process.stdout is not None
@@ -105,18 +112,23 @@ class GatewayProcess:
                 if line.startswith(b"{"):
                     info = orjson.loads(line)
                     if info.get("event") == "ready":
-                        self.port = int(info["port"])
+                        self.ready_info = info
+                        self.port = int(info.get("port", 0))
                         ready.set()
             ready.set()
 
         threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(30) or not self.port:
+        if not ready.wait(30) or not self.ready_info:
             self.process.kill()
-            raise RuntimeError("gateway process did not become ready")
+            raise RuntimeError(f"{command} did not become ready")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def kill(self) -> None:
         self.process.kill()
@@ -132,6 +144,13 @@ class GatewayProcess:
                 self.process.wait()
 
 
+class GatewayProcess(ServiceProcess):
+    """A gateway subprocess (`tether gateway`)."""
+
+    def __init__(self, server: EmbeddedNats, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(["gateway"], server, extra_env)
+
+
 @pytest.fixture
 def gateway_process(nats_server: EmbeddedNats) -> Iterator[Callable[..., GatewayProcess]]:
     """Factory of gateway subprocesses; all are stopped at the end of the test."""
@@ -142,6 +161,7 @@ def gateway_process(nats_server: EmbeddedNats) -> Iterator[Callable[..., Gateway
         started.append(process)
         return process
 
+    start.started = started  # type: ignore[attr-defined]
     yield start
     for process in started:
         process.stop()
@@ -157,3 +177,25 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def presence_process(
+    nats_server: EmbeddedNats,
+) -> Iterator[Callable[..., Awaitable[ServiceProcess]]]:
+    """Factory of presence-service subprocesses (system account user from the server)."""
+    started: list[ServiceProcess] = []
+
+    async def start(server: EmbeddedNats | None = None, **env: str) -> ServiceProcess:
+        srv = server or nats_server
+        # In a thread: waiting for readiness must not stall this test's event loop.
+        process = await asyncio.to_thread(
+            ServiceProcess, ["presence-service"], srv, {**srv.sys_env(), **env}
+        )
+        started.append(process)
+        return process
+
+    start.started = started  # type: ignore[attr-defined]
+    yield start
+    for process in started:
+        process.stop()
