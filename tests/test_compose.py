@@ -51,11 +51,11 @@ def free_port() -> int:
 
 
 def test_compose_file_is_valid() -> None:
-    """docker-compose accepts compose.yaml and it defines nats, gateway and demo-agent."""
+    """docker-compose accepts compose.yaml: nats, gateway, presence and demo-agent."""
     result = compose_config(SECRETS)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    assert set(services) == {"nats", "gateway", "demo-agent"}
+    assert set(services) == {"nats", "gateway", "presence", "demo-agent"}
     for name in ("nats", "gateway"):
         assert "healthcheck" in services[name]
 
@@ -114,27 +114,38 @@ class ComposeServices:
             env=nats_env,
             stderr=subprocess.DEVNULL,
         )
-        env = dict(services["gateway"]["environment"])
-        env["TETHER_NATS_URL"] = env["TETHER_NATS_URL"].replace(
-            "//nats:4222", f"//127.0.0.1:{nats_port}"
-        )
         self.port = free_port()
-        env.update(TETHER_GATEWAY_PORT=str(self.port), TETHER_GATEWAY_HOST="127.0.0.1")
+        self.processes = [self.nats]
+        for name in ("gateway", "presence"):
+            env = dict(services[name]["environment"])
+            env["TETHER_NATS_URL"] = env["TETHER_NATS_URL"].replace(
+                "//nats:4222", f"//127.0.0.1:{nats_port}"
+            )
+            if name == "gateway":
+                env.update(TETHER_GATEWAY_PORT=str(self.port), TETHER_GATEWAY_HOST="127.0.0.1")
+                self.token = mint(
+                    Secret(env["TETHER_JWT_SECRET"]), subject="c", sessions=["compose"]
+                )
+            self.processes.append(self.run_service(services[name]["command"], env))
+
+    @staticmethod
+    def run_service(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """A service with compose's command and environment, once it says it is ready."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
-        self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *services["gateway"]["command"]],
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *command],
             cwd=ROOT,
             env={**base, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        assert self.gateway.stdout is not None
-        ready = self.gateway.stdout.readline()  # {"event": "ready", ...}
-        assert b'"ready"' in ready, "gateway did not start"
-        self.token = mint(Secret(env["TETHER_JWT_SECRET"]), subject="c", sessions=["compose"])
+        assert process.stdout is not None
+        ready = process.stdout.readline()  # {"event": "ready", ...}
+        assert b'"ready"' in ready, f"{command} did not start"
+        return process
 
     def stop(self) -> None:
-        for process in (self.gateway, self.nats):
+        for process in reversed(self.processes):
             process.terminate()
             process.wait(10)
 
@@ -162,4 +173,5 @@ async def test_compose_services_run_as_described(compose_services: ComposeServic
         async with http.get(f"{url}/healthz") as resp:
             assert resp.status == 200
     await wait_for(lambda: device.view.texts.get("c1") == "via compose", what="message")
+    assert [m["participant"] for m in device.view.hellos[0]["presence"]] == ["c"]
     await device.close()
