@@ -44,19 +44,27 @@ class PresenceService:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self.nc = await natsconn.connect(self.settings.nats)
+        self.nc = await natsconn.connect(self.settings.nats, on_reconnect=self.reload)
         self.sys = await natsconn.connect(self.settings.sys_nats)
         await presence.ensure_bucket(self.nc, self.settings.replicas)
         await self.nc.subscribe(f"{subjects.PRESENCE_LIVE_ROOT}.>", cb=self._on_change)
         await self.nc.flush()
-        for change in (
-            await presence.snapshot(self.nc, f"{subjects.PRESENCE_KEY_ROOT}.>")
-        ).values():
-            self.apply(change)
+        await self.reload()
         await self.sys.subscribe(subjects.SYS_DISCONNECT, cb=self._on_disconnect)
         await self.sys.flush()
         self._spawn(self._reconcile_loop())
         log.info("presence_ready", keys=len(self.index), owners=len(self.owners))
+
+    async def reload(self) -> None:
+        """Rebuild the index from the bucket (at start, and after a reconnect, when live
+        changes may have been missed)."""
+        if self.nc is None:
+            return
+        current = await presence.snapshot(self.nc, f"{subjects.PRESENCE_KEY_ROOT}.>")
+        for key in [k for k in self.index if k not in current]:
+            self.apply(Change(key, self.index[key].seq + 1, None))
+        for change in current.values():
+            self.apply(change)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
