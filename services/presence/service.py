@@ -101,8 +101,8 @@ class PresenceService:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             self.counters["malformed_sys_events"] += 1
             return
-        if owner in self.owners:
-            self._spawn(self.expire(owner, reason=str(event.get("reason", ""))))
+        # Checked after the grace, not now: the index may not have seen the owner's keys yet.
+        self._spawn(self.expire(owner, reason=str(event.get("reason", ""))))
 
     async def expire(self, owner: Owner, reason: str = "") -> None:
         """After the grace period, remove every key this dead connection still owns."""
