@@ -2,10 +2,12 @@
 
 The stream republishes every stored event to ``tether.live.{session}...`` with its
 ``Nats-Sequence``. A hub parses and serialises each event once, then offers the frame to
-every device. After a NATS reconnect (or a slow-consumer error) a hub may have missed
-live messages, so it resyncs: it buffers live frames, reads the log after the last
-sequence it saw, offers that, then releases the buffer. Devices drop what they already
-have, so nothing is delivered twice or out of order.
+every device. After a NATS reconnect a hub may have missed live messages, so it resyncs:
+it buffers live frames, reads the log after the last sequence it saw, offers that, then
+releases the buffer; it also reloads the session's presence. Devices drop what they
+already have, so nothing is delivered twice or out of order. (The subscription's pending
+limits are large, 1M messages / 512 MiB, so the client never drops live messages as a slow
+consumer short of a stalled event loop.)
 """
 
 from __future__ import annotations
@@ -109,6 +111,10 @@ class SessionHub:
             return
         self._resyncing = True
         try:
+            snapshot = await presence.snapshot(self.hubs.nc, subjects.presence_filter(self.session))
+            for frame in self.roster.reload(snapshot):
+                for device in tuple(self.devices):
+                    device.notify(frame)
             more = True
             while more:
                 page = await history.read(

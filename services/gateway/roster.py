@@ -40,6 +40,16 @@ class Roster:
             return None
         return frame("update", change.entry.public())
 
+    def reload(self, snapshot: dict[str, Change]) -> list[bytes]:
+        """Bring the roster in line with a fresh snapshot (after live changes may have been
+        missed); returns the frames for what changed, leaves included."""
+        frames = []
+        for key in [k for k in self.members if k not in snapshot]:
+            frames.append(self.apply(Change(key, self.members[key].seq + 1, None, "unknown")))
+        for change in snapshot.values():
+            frames.append(self.apply(change))
+        return [f for f in frames if f is not None]
+
     def snapshot(self) -> list[dict[str, Any]]:
         return [c.entry.public() for c in self.members.values() if c.entry is not None]
 
