@@ -210,9 +210,19 @@ class Session:
         )
 
     @asynccontextmanager
-    async def run(self, run_id: str | None = None, **data: Any) -> AsyncIterator[Run]:
-        """A run: ``run.started`` on entry, ``run.completed`` or ``run.failed`` on exit."""
-        run = Run(self, check_id(run_id, "run id") if run_id else new_id("run-"))
+    async def run(
+        self, run_id: str | None = None, *, user: str | None = None, **data: Any
+    ) -> AsyncIterator[Run]:
+        """A run: ``run.started`` on entry, ``run.completed`` or ``run.failed`` on exit.
+
+        ``user`` names the participant the run works for; it is put on the lifecycle
+        events, and the notifier tells that user when the run ends while they are away.
+        """
+        run = Run(
+            self,
+            check_id(run_id, "run id") if run_id else new_id("run-"),
+            user=check_id(user, "user id") if user is not None else None,
+        )
         await run.start(**data)
         try:
             yield run
@@ -269,16 +279,17 @@ class Session:
 class Run:
     """One agent run inside a session: its lifecycle events and the messages it streams."""
 
-    def __init__(self, session: Session, run_id: str) -> None:
+    def __init__(self, session: Session, run_id: str, *, user: str | None = None) -> None:
         self.session = session
         self.id = run_id
+        self.user = user
         self.ended = False
         self._messages = 0
         self._progress = 0
 
     async def _lifecycle(self, kind: str, part: str, **fields: Any) -> int:
         s = self.session
-        event = s._event(kind, run=self.id, **fields)
+        event = s._event(kind, run=self.id, user=self.user, **fields)
         return await s._publish(
             subjects.run_events(s.id, self.id),
             event,
@@ -415,6 +426,12 @@ class Message:
             or self.chunks - self._checkpointed_at < self.checkpoint_every
         ):
             return
+        self._checkpointed_at = self.chunks
+        # A checkpoint carries the whole text so far; past half the stream's message size
+        # limit it would be refused, so such a message keeps its deltas (replay then merges
+        # them) instead of failing every append.
+        if len(self.text.encode()) > self.session.client.log_settings.max_msg_size // 2:
+            return
         last = self.chunks - 1
         event = self.session._event(
             wire.MESSAGE_SNAPSHOT,
@@ -429,7 +446,6 @@ class Message:
         await self.session._publish(
             self.subject, event, self._dedupe(f"checkpoint-{last}"), rollup=True
         )
-        self._checkpointed_at = self.chunks
 
     async def reset(self, text: str = "") -> None:
         """Replace everything streamed so far with ``text``; devices replace, not append."""

@@ -335,3 +335,30 @@ async def test_long_replay_is_paced_not_overflowed(
     assert device.connected
     await device.close()
     await gw.stop()
+
+
+async def test_oversized_checkpoints_are_skipped_not_fatal(
+    gateway: Gateway, nats_server: EmbeddedNats
+) -> None:
+    """A message whose text outgrows half the message size limit keeps streaming deltas."""
+    from shared.settings import LogSettings
+
+    small = LogSettings(max_msg_size=2048)  # as the SDK sees it; the stream is unchanged
+    c = await agent.connect(
+        nats_server.settings("big"), log_settings=small, checkpoint_chunks=10, ensure=False
+    )
+    sid = new_id("s-")
+    message = agent.Run(c.session(sid), "r").message("m")
+    chunk = "x" * 49 + " "
+    for _ in range(100):
+        await message.append(chunk)
+    page = await history.read(c.nc, c.log_settings.stream, sid, 0)
+    kinds = [e.event["type"] for e in page.events]
+    assert kinds.count(wire.MESSAGE_SNAPSHOT) == 1  # taken while the text was small
+    assert kinds.count(wire.MESSAGE_DELTA) > 10  # later ones skipped: deltas stay
+    device = Device(sid, token([sid]))
+    await device.connect(url(gateway), since=0)
+    await wait_for(lambda: device.view.live, what="caught up")
+    assert device.view.texts == {"m": chunk * 100}
+    await device.close()
+    await c.close()
