@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -107,20 +108,53 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds the whole machine has been busy (all cores) and had stolen, since boot."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
 def machine_info() -> dict[str, Any]:
     try:
         with open("/proc/loadavg", encoding="ascii") as handle:
             load = handle.read().split()[:3]
     except OSError:
         load = []
+    from importlib.metadata import version
+
+    try:
+        server = subprocess.run(
+            [nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        server = "unknown"
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "nats_server": nats_server_binary(),
+        "nats_server": server,
+        "nats_py": version("nats-py"),
+        "aiohttp": version("aiohttp"),
         "loadavg_at_start": load,
     }
+
+
+def event_loop() -> str:
+    """The event loop ``shared.loop.run`` gives every process (TETHER_EVENT_LOOP)."""
+    choice = os.environ.get("TETHER_EVENT_LOOP") or "uvloop"
+    if choice == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            return "asyncio (uvloop not installed)"
+        return f"uvloop {uvloop.__version__}"
+    return choice
 
 
 # ---- output --------------------------------------------------------------------------------

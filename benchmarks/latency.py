@@ -13,10 +13,12 @@ Baseline, in the same run and at the same session count and aggregate rate: a pu
 process doing core NATS publishes (nats-py, a JSON payload shaped like a delta event,
 one subject per session) and a subscriber process with one subscription per session.
 
-Every publisher sends on a fixed schedule (rate per session, phases spread evenly). The
-first ``--warmup`` seconds are not measured. A token counts when the publisher stamped
-it inside the measurement window; the receiver reports the latency of those. Publisher
-"lag" is how late a token left against its schedule (high lag = publisher saturated).
+Every publisher sends on a fixed schedule (rate per session, phases spread evenly) and
+stops when the window closes. The first ``--warmup`` seconds of each round are not
+measured. A token counts when the publisher stamped it inside the measurement window;
+the receiver reports the latency of those. Publisher "lag" is how late a token left
+against its schedule (high lag = publisher saturated; the latency then excludes that
+wait). Raw and tether alternate ``--rounds`` times so drifting machine load hits both.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ from benchmarks._common import (
     Children,
     cpu_seconds,
     emit,
+    event_loop,
     install_signal_exit,
     latency_summary,
+    machine_cpu_seconds,
     machine_info,
     ratio,
     say,
@@ -54,7 +58,7 @@ from benchmarks._common import (
     watch_parent,
     write_json,
 )
-from shared import natsconn
+from shared import loop, natsconn, subjects
 from shared.server import EmbeddedNats
 from shared.settings import LogSettings
 from shared.streams import ensure_stream
@@ -195,6 +199,7 @@ class Sent:
         self.measured = 0
         self.lag = array("q")  # how late a token left against its schedule
         self.ack = array("q")  # JetStream publish -> ack (agents only)
+        self.not_sent = 0
 
     def one(self, schedule: Schedule, due_ns: int, sent_ns: int, ack_ns: int = 0) -> None:
         self.total += 1
@@ -203,6 +208,13 @@ class Sent:
             self.lag.append(sent_ns - due_ns)
             if ack_ns:
                 self.ack.append(ack_ns - sent_ns)
+
+    def missed(self, schedule: Schedule, due_ns: int) -> None:
+        """Tokens of the window still unsent when it closed (the publisher fell behind)."""
+        while due_ns < schedule.end_ns:
+            if due_ns >= schedule.measure_ns:
+                self.not_sent += 1
+            due_ns += schedule.interval_ns
 
     async def report_every_second(self) -> None:
         last_t, last_total = time.monotonic(), self.total
@@ -218,6 +230,7 @@ class Sent:
             "event": "done",
             "sent": self.total,
             "measured_sent": self.measured,
+            "not_sent": self.not_sent,
             "lag": lag,
             "ack": latency_summary(self.ack) if self.ack else None,
         }
@@ -298,6 +311,33 @@ async def role_raw_sub(args: argparse.Namespace) -> None:
     await nc.close()
 
 
+async def role_tap(args: argparse.Namespace) -> None:
+    """Optional: agent publish -> republished ``tether.live`` message, before the gateway."""
+    commands = await stdin_commands()
+    recorder = Recorder()
+    nc = await nats_connect("bench-tap")
+
+    async def on_message(msg: Any) -> None:
+        now = time.time_ns()
+        event = orjson.loads(msg.data)
+        if event.get("type") == "message.delta":
+            try:
+                recorder.record(int(event["text"]), now)
+            except (ValueError, KeyError, TypeError):
+                recorder.bad += 1
+
+    await nc.subscribe(
+        f"{subjects.LIVE_ROOT}.>",
+        cb=on_message,
+        pending_msgs_limit=1_000_000,
+        pending_bytes_limit=512 * 1024 * 1024,
+    )
+    await nc.flush()
+    emit({"event": "ready"})
+    await recorder.serve(commands, args.drain)
+    await nc.close()
+
+
 async def role_raw_pub(args: argparse.Namespace) -> None:
     commands = await stdin_commands()
     nc = await nats_connect("bench-raw-pub")
@@ -310,13 +350,14 @@ async def role_raw_pub(args: argparse.Namespace) -> None:
         sid = sids[index]
         subject = f"{RAW_PREFIX}.{sid}"
         due = schedule.first(index)
-        while due < schedule.end_ns:
+        while due < schedule.end_ns and time.time_ns() < schedule.end_ns:
             await schedule.wait(due)
             now = time.time_ns()
             await nc.publish(subject, delta_payload(sid, counters[index], now))
             counters[index] += 1
             sent.one(schedule, due, now)
             due += schedule.interval_ns
+        sent.missed(schedule, due)
 
     await sent.serve(commands, len(sids), args.rate, stream)
     await nc.close()
@@ -328,7 +369,10 @@ async def role_agents(args: argparse.Namespace) -> None:
 
     commands = await stdin_commands()
     client = await agent.connect(
-        NatsSettings.from_env(name="bench-agents"), log_settings=LogSettings(), coalesce_ms=0
+        NatsSettings.from_env(name="bench-agents"),
+        log_settings=LogSettings(),
+        coalesce_ms=0,
+        checkpoint_chunks=None if args.checkpoint_chunks < 0 else args.checkpoint_chunks,
     )
     sids = session_ids(args.sessions, args.tag)
     limit = asyncio.Semaphore(100)
@@ -348,12 +392,13 @@ async def role_agents(args: argparse.Namespace) -> None:
     async def stream(schedule: Schedule, index: int) -> None:
         message = messages[index]
         due = schedule.first(index)
-        while due < schedule.end_ns:
+        while due < schedule.end_ns and time.time_ns() < schedule.end_ns:
             await schedule.wait(due)
             now = time.time_ns()
             await message.append(str(now))  # coalescing 0: one acked publish per token
             sent.one(schedule, due, now, time.time_ns())
             due += schedule.interval_ns
+        sent.missed(schedule, due)
 
     await sent.serve(commands, len(sids), args.rate, stream)
     await client.close()
@@ -411,6 +456,7 @@ async def role_devices(args: argparse.Namespace) -> None:
 
 
 ROLES = {
+    "tap": role_tap,
     "raw-sub": role_raw_sub,
     "raw-pub": role_raw_pub,
     "agents": role_agents,
@@ -418,12 +464,12 @@ ROLES = {
 }
 
 
-def quiet_logs(service: str) -> None:
+def quiet_logs(service: str, level: str = "warning") -> None:
     """Warnings and errors only, as JSON on stderr (stdout carries the reports)."""
     from shared import logs
     from shared.settings import Env
 
-    logs.configure(service, Env({"TETHER_LOG_LEVEL": "warning", "TETHER_LOG_FORMAT": "json"}))
+    logs.configure(service, Env({"TETHER_LOG_LEVEL": level, "TETHER_LOG_FORMAT": "json"}))
 
 
 async def run_role(args: argparse.Namespace) -> None:
@@ -455,8 +501,11 @@ class System:
         publisher: Child,
         receiver: Child,
         pids: dict[str, int],
+        tap: Child | None = None,
     ) -> None:
         self.name = name
+        self.tap = tap
+        self.tap_result: dict[str, Any] = {}
         self.args = args
         self.publisher = publisher
         self.receiver = receiver
@@ -482,7 +531,9 @@ class System:
             self.recent_p99 = float(record["recent_p99_ms"])
 
     def cpu_now(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        used = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        busy, steal = machine_cpu_seconds()
+        return {**used, "machine": busy, "steal": steal}
 
     async def run_round(self, index: int) -> None:
         args = self.args
@@ -492,6 +543,8 @@ class System:
         end_ns = measure_ns + int(seconds * 1e9)
         window = {"measure_ns": measure_ns, "end_ns": end_ns}
         self.receiver.send({"cmd": "window", **window})
+        if self.tap is not None:
+            self.tap.send({"cmd": "window", **window})
         self.publisher.send({"cmd": "go", "start_ns": start_ns, **window})
         limit = seconds + args.warmup + 60
         done_task = asyncio.create_task(self.publisher.expect("done", limit, self.on_publisher))
@@ -504,7 +557,8 @@ class System:
                 now_ns = time.time_ns()
                 t, cpu = time.monotonic(), self.cpu_now()
                 usage = " ".join(
-                    f"{n} {100 * (cpu[n] - last_cpu[n]) / (t - last_t):3.0f}%" for n in self.pids
+                    f"{n} {100 * (cpu[n] - last_cpu[n]) / (t - last_t):3.0f}%"
+                    for n in (*self.pids, "steal")
                 )
                 last_cpu, last_t = cpu, t
                 stage = "warmup " if now_ns < measure_ns else "measure"
@@ -517,13 +571,16 @@ class System:
                 )
             self.done = done_task.result()
             for name, used in (await cpu_task).items():
-                self.cpu[name] += used
+                self.cpu[name] = self.cpu.get(name, 0.0) + used
         finally:
             done_task.cancel()
             cpu_task.cancel()
         self.measured_seconds += seconds
         self.receiver.send({"cmd": "finish", "expected": self.done["measured_sent"]})
         self.result = await self.receiver.expect("result", args.drain + 30, self.on_receiver)
+        if self.tap is not None:
+            self.tap.send({"cmd": "finish", "expected": self.done["measured_sent"]})
+            self.tap_result = await self.tap.expect("result", args.drain + 30)
         round_latency = self.result["round_latency"]
         self.rounds.append(round_latency)
         say(
@@ -537,7 +594,7 @@ class System:
         before = self.cpu_now()
         await asyncio.sleep(max(0, end_ns - time.time_ns()) / 1e9)
         after = self.cpu_now()
-        return {name: after[name] - before[name] for name in self.pids}
+        return {name: after[name] - before[name] for name in after}
 
     def drain_receiver(self) -> None:
         while not self.receiver.records.empty():
@@ -553,12 +610,20 @@ class System:
             "received": result["received"],
             "lost_or_late": done["measured_sent"] - result["received"],
             "achieved_rate_per_s": round(done["measured_sent"] / span, 1),
+            "scheduled_but_not_sent": done["not_sent"],
             "target_rate_per_s": self.args.sessions * self.args.rate,
             "latency": result["latency"],
             "rounds": self.rounds,
             "publisher_lag": done["lag"],
             "publish_to_ack": done["ack"],
             "cpu_percent": {n: round(100 * v / span, 1) for n, v in self.cpu.items()},
+            "cpu_percent_others": round(
+                100
+                * (self.cpu.get("machine", 0.0) - sum(self.cpu.get(n, 0.0) for n in self.pids))
+                / span,
+                1,
+            ),
+            "publish_to_live_subject": self.tap_result.get("latency"),
         }
 
 
@@ -566,6 +631,7 @@ def child_args(args: argparse.Namespace, role: str, **extra: Any) -> list[str]:
     out = ["-m", MODULE, "--role", role, "--sessions", str(args.sessions)]
     out += ["--rate", str(args.rate), "--tag", args.tag, "--drain", str(args.drain)]
     out += ["--hard-timeout", str(hard_limit(args))]
+    out += ["--checkpoint-chunks", str(args.checkpoint_chunks)]
     for key, value in extra.items():
         out += [f"--{key.replace('_', '-')}", str(value)]
     return out
@@ -595,11 +661,27 @@ async def start_systems(
     devices = await children.start("devices", child_args(args, "devices", gateway_port=port), env)
     await devices.expect("ready", 150)
     say(f"  {args.sessions} devices live on the gateway (port {port})")
+    tap = None
+    if args.tap:
+        tap = await children.start("tap", child_args(args, "tap"), env)
+        await tap.expect("ready", 60)
     agents = await children.start("agents", child_args(args, "agents"), env)
     await agents.expect("ready", 150)
     pids = {"nats": nats_pid, "gw": gateway.pid, "agents": agents.pid, "devices": devices.pid}
-    tether = System("tether", args, agents, devices, pids)
+    if tap is not None:
+        pids["tap"] = tap.pid
+    tether = System("tether", args, agents, devices, pids, tap)
     return {"raw": raw, "tether": tether}
+
+
+def checkpoint_chunks(args: argparse.Namespace) -> int:
+    """The agents' effective checkpoint interval (as ``shared.agent.connect`` resolves it)."""
+    if args.checkpoint_chunks >= 0:
+        return int(args.checkpoint_chunks)
+    from shared import agent
+
+    raw = os.environ.get("TETHER_CHECKPOINT_CHUNKS")
+    return int(raw) if raw else agent.DEFAULT_CHECKPOINT_CHUNKS
 
 
 def print_report(args: argparse.Namespace, raw: dict[str, Any], tether: dict[str, Any]) -> None:
@@ -630,18 +712,37 @@ def print_report(args: argparse.Namespace, raw: dict[str, Any], tether: dict[str
     say()
     say(
         f"end-to-end latency (ms): {args.sessions} sessions x {args.rate:g} tokens/s,"
-        f" {args.seconds:g} s measured per system in {args.rounds} round(s)"
+        f" {args.seconds:g} s measured per system in {args.rounds} round(s),"
+        f" agent checkpoints every {checkpoint_chunks(args) or 'never'} chunks"
     )
     headers = ["", "sent", "received", "rate/s", "p50", "p99", "p99.9", "max", "pub lag p99"]
     say(table(headers, rows))
+    for name, res in (("raw", raw), ("tether", tether)):
+        if res["achieved_rate_per_s"] < 0.95 * res["target_rate_per_s"]:
+            say(
+                f"  ! {name}: the publisher reached {res['achieved_rate_per_s']:,.0f} of"
+                f" {res['target_rate_per_s']:,.0f} tokens/s (saturated;"
+                f" {res['scheduled_but_not_sent']:,} tokens due in the window never left):"
+                " latencies are not comparable"
+            )
     ack = tether["publish_to_ack"]
     if ack:
         say(
             f"  tether publish->ack (agent side): p50 {ack['p50_ms']:.2f} ms,"
             f" p99 {ack['p99_ms']:.2f} ms"
         )
-    say(f"  cpu% raw:    {raw['cpu_percent']}")
-    say(f"  cpu% tether: {tether['cpu_percent']}")
+    live = tether["publish_to_live_subject"]
+    if live:
+        say(
+            f"  tether publish->tether.live subscriber (--tap, no gateway): p50"
+            f" {live['p50_ms']:.2f} ms, p99 {live['p99_ms']:.2f} ms"
+        )
+    say(
+        "  cpu% (of one core; 'machine' = all processes on all cores, 'steal' = taken by the"
+        " hypervisor):"
+    )
+    say(f"    raw:    {raw['cpu_percent']}, other processes {raw['cpu_percent_others']}")
+    say(f"    tether: {tether['cpu_percent']}, other processes {tether['cpu_percent_others']}")
 
 
 async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
@@ -670,8 +771,9 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 "seconds_per_system": args.seconds,
                 "rounds": args.rounds,
                 "warmup_seconds_per_round": args.warmup,
+                "checkpoint_chunks": checkpoint_chunks(args),
             },
-            "machine": machine,
+            "machine": {**machine, "event_loop": event_loop()},
             "raw": raw,
             "tether": tether,
             "ratio_tether_over_raw": {
@@ -716,6 +818,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each round")
     parser.add_argument("--drain", type=float, default=15.0, help="max wait for stragglers")
+    parser.add_argument(
+        "--tap",
+        action="store_true",
+        help="also time agent -> tether.live subscriber (one more process; perturbs the run)",
+    )
+    parser.add_argument(
+        "--checkpoint-chunks",
+        type=int,
+        default=-1,
+        help="agents' checkpoint interval in chunks (0 = off; default: the SDK's default)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     parser.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="", help=argparse.SUPPRESS)
@@ -730,10 +843,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.role:
-        asyncio.run(run_role(args))
+        loop.run(run_role(args))  # the project's event loop (uvloop unless configured)
         return
     install_signal_exit()
-    quiet_logs("bench")
+    quiet_logs("bench", "error")
     args.tag = secrets.token_hex(3)
     try:
         result = asyncio.run(asyncio.wait_for(orchestrate(args), hard_limit(args)))

@@ -3,20 +3,21 @@
     python -m benchmarks.replay                     # about 2-4 minutes on 2 cores
     python -m benchmarks.replay --quick             # fewer repetitions, N=1,000 only
 
-Set-up: the bundled nats-server and the session stream, holding one target session with
-a streaming (not completed) agent message of 10,000 deltas, interleaved with 50 other
-sessions of 1,000 events each (60,002 messages). Then:
+Set-up: the bundled nats-server and the session stream, holding a target session with a
+streaming (not completed) agent message of 10,000 deltas (checkpoints off, so all of them
+stay stored), the same tokens in a second target streamed with the SDK's default
+checkpoints, and 50 other sessions of 1,000 events each, all interleaved. Then:
 
 (a) read the target's history after since=0 with ``shared.history.read`` (batched direct
-    get; batch 256 / 512 / 1024), and with a benchmark-local variant that collects the
-    same replies in a subscription callback instead of ``next_msg`` (to price nats-py's
-    ``next_msg``);
+    get; batch 256 / 512 / 1024), and with a benchmark-local loop that takes each reply
+    with nats-py's ``next_msg()`` (how ``history.read`` worked before; prices that);
 (b) read the same range through an ephemeral ordered push consumer
     (``js.subscribe(..., ordered_consumer=True)``, ``BY_START_SEQUENCE``) and an
     ephemeral pull consumer (``fetch(batch=1024)``); every reader decodes the events;
-(d) reconnect through a real gateway subprocess: a WebSocket device with since=0 (and
-    with since = halfway through the answer): time to ``caught_up`` and bytes on the
-    wire, against the final text and the naive sum of all 10,000 delta event frames;
+(d) reconnect through a real gateway subprocess: a WebSocket device with since=0, with
+    since = halfway through the answer, and with since=0 to the checkpointed target:
+    time to ``caught_up`` and bytes on the wire, against the final text and the naive
+    sum of the event frames of all the deltas it covers;
 (c) server-side cost of per-connection consumers: creating N ephemeral push consumers
     (ordered-consumer settings, one filter per session) vs N batched direct gets on the
     same filters; nats-server RSS (VmRSS) and idle CPU before and after.
@@ -48,7 +49,9 @@ from benchmarks._common import (
     SECRET,
     Children,
     cpu_seconds,
+    event_loop,
     install_signal_exit,
+    machine_cpu_seconds,
     machine_info,
     ratio,
     rss_kib,
@@ -59,7 +62,7 @@ from benchmarks._common import (
     timing_summary,
     write_json,
 )
-from shared import agent, history, logs, natsconn, subjects, wire
+from shared import agent, history, logs, loop, natsconn, subjects, wire
 from shared.compaction import compact
 from shared.errors import Unavailable
 from shared.server import EmbeddedNats
@@ -77,20 +80,28 @@ OTHER_EVENTS = 1_000
 # ---- set-up --------------------------------------------------------------------------------
 
 
-async def populate(client: agent.Client, target: str, tag: str) -> tuple[str, int]:
-    """The target's 10,000-delta streaming message among the other sessions' traffic.
+async def populate(
+    plain: agent.Client, checkpointed: agent.Client, target: str, target_ckpt: str, tag: str
+) -> str:
+    """The targets' 10,000-delta streaming messages among the other sessions' traffic.
 
-    Per step the target appends 10 deltas (one acked publish each, as the SDK does with
-    coalescing 0) while each other session publishes one event, so the target's events
-    are spread evenly through the stream. Returns the final text and the events stored.
+    ``target`` comes from a client with checkpoints off, so all 10,000 deltas stay
+    stored; ``target_ckpt`` gets the same tokens from a client with the SDK's default
+    checkpointing (a rolled-up ``message.snapshot`` every N chunks). Per step each
+    target appends 10 deltas (one acked publish each, as the SDK does with coalescing
+    0) while each other session publishes one event, so the targets' events are spread
+    evenly through the stream. Returns the final text.
     """
-    run = agent.Run(client.session(target), f"run-{tag}")
-    await run.start()
-    message = run.message(coalesce_ms=0)
-    await message.start()
+    messages = []
+    for client, session in ((plain, target), (checkpointed, target_ckpt)):
+        run = agent.Run(client.session(session), f"run-{session}")
+        await run.start()
+        message = run.message(coalesce_ms=0)
+        await message.start()
+        messages.append(message)
     others = []
     for n in range(OTHER_SESSIONS):
-        other = agent.Run(client.session(f"other{n:03d}-{tag}"), f"run-o{n:03d}-{tag}")
+        other = agent.Run(plain.session(f"other{n:03d}-{tag}"), f"run-o{n:03d}-{tag}")
         await other.start()
         part = other.message(coalesce_ms=0)
         await part.start()
@@ -101,26 +112,28 @@ async def populate(client: agent.Client, target: str, tag: str) -> tuple[str, in
     sent = 0
     started = time.perf_counter()
 
-    async def target_chunk(count: int) -> None:
-        nonlocal sent
-        for _ in range(count):
-            await message.append(f"{words[sent % len(words)]}{sent} ")
-            sent += 1
+    async def target_chunk(message: agent.Message, first: int, count: int) -> None:
+        for k in range(first, first + count):
+            await message.append(f"{words[k % len(words)]}{k} ")
 
     for step in range(steps):
-        jobs: list[Awaitable[None]] = [target_chunk(min(per_step, DELTAS - sent))]
+        count = min(per_step, DELTAS - sent)
+        jobs: list[Awaitable[None]] = [target_chunk(m, sent, count) for m in messages]
         if step < OTHER_EVENTS - 2:
             jobs += [part.append(f"other token {step} ") for part in others]
         await asyncio.gather(*jobs)
+        sent += count
         if step % 100 == 99:
             say(
-                f"  populated {sent:,}/{DELTAS:,} target deltas"
+                f"  populated {sent:,}/{DELTAS:,} deltas per target"
                 f" ({time.perf_counter() - started:.1f} s)"
             )
     # Other sessions that have events left (when DELTAS / per_step < OTHER_EVENTS - 2).
     for step in range(steps, OTHER_EVENTS - 2):
         await asyncio.gather(*(part.append(f"other token {step} ") for part in others))
-    return message.text, 2 + DELTAS
+    if messages[0].text != messages[1].text:
+        raise RuntimeError("the two targets streamed different text")
+    return messages[0].text
 
 
 # ---- readers --------------------------------------------------------------------------------
@@ -139,41 +152,38 @@ async def read_history(nc: NATS, session: str, batch: int) -> list[StoredEvent]:
     return page.events
 
 
-async def read_direct_callback(nc: NATS, session: str, batch: int) -> list[StoredEvent]:
-    """Batched direct get like ``shared.history.read``, replies taken in a callback."""
+async def read_direct_next_msg(nc: NATS, session: str, batch: int) -> list[StoredEvent]:
+    """Batched direct get taking each reply with ``next_msg()`` (``history.read`` before
+    it moved to a callback): nats-py's ``next_msg`` makes a task and a ``wait_for`` per
+    message, which this row prices."""
     filter_subject = subjects.session_filter(session)
     events: list[StoredEvent] = []
-    loop = asyncio.get_running_loop()
-    state = {"cursor": 0, "got": 0}
-    end: asyncio.Future[tuple[str, int]] = loop.create_future()
-
-    async def on_reply(msg: Msg) -> None:
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        if status is not None:
-            if not end.done():
-                end.set_result((status, int(headers.get("Nats-Num-Pending", "0"))))
-            return
-        seq = int(headers[subjects.SEQUENCE])
-        state["cursor"] = seq
-        state["got"] += 1
-        stored = decode(headers.get(subjects.STREAM_SUBJECT, ""), seq, msg.data)
-        if stored is not None:
-            events.append(stored)
-
+    cursor = 0
     inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=on_reply, pending_msgs_limit=1_000_000)
+    sub = await nc.subscribe(inbox)
     try:
         while True:
-            request = {"seq": state["cursor"] + 1, "next_by_subj": filter_subject, "batch": batch}
-            state["got"] = 0
+            request = {"seq": cursor + 1, "next_by_subj": filter_subject, "batch": batch}
             await nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", orjson.dumps(request), reply=inbox)
-            status, pending = await asyncio.wait_for(end, 5.0)
-            end = loop.create_future()
-            if status == "404" or pending == 0 or state["got"] == 0:
+            got = pending = 0
+            while True:
+                msg = await sub.next_msg(timeout=5.0)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is not None:
+                    if status == "404":
+                        return events
+                    if status != "204":
+                        raise Unavailable(f"direct get failed with status {status}")
+                    pending = int(headers.get("Nats-Num-Pending", "0"))
+                    break
+                cursor = int(headers[subjects.SEQUENCE])
+                got += 1
+                stored = decode(headers.get(subjects.STREAM_SUBJECT, ""), cursor, msg.data)
+                if stored is not None:
+                    events.append(stored)
+            if pending == 0 or got == 0:
                 return events
-            if status != "204":
-                raise Unavailable(f"direct get failed with status {status}")
     finally:
         await sub.unsubscribe()
 
@@ -257,7 +267,7 @@ async def compare_readers(
         "direct get, history.read, batch 256": lambda: read_history(nc, target, 256),
         "direct get, history.read, batch 512": lambda: read_history(nc, target, 512),
         "direct get, history.read, batch 1024": lambda: read_history(nc, target, 1024),
-        "direct get, callback (prototype), batch 512": lambda: read_direct_callback(
+        "direct get, next_msg loop (old history.read), batch 512": lambda: read_direct_next_msg(
             nc, target, 512
         ),
         "ordered push consumer": lambda: read_ordered_push(nc, target),
@@ -361,53 +371,61 @@ async def reconnect(port: int, session: str, since: int) -> dict[str, Any]:
 async def gateway_replay(
     children: Children,
     server: EmbeddedNats,
-    target: str,
+    nc: NATS,
+    targets: tuple[str, str],
     events: list[StoredEvent],
     final_text: str,
     repeats: int,
 ) -> dict[str, Any]:
-    gateway, port = await start_gateway(children, server)
+    """Reconnects through a gateway subprocess to the targets (without / with checkpoints)."""
+    target, target_ckpt = targets
     deltas = [e for e in events if e.event.get("type") == wire.MESSAGE_DELTA]
-    naive_payload = sum(len(wire.event_frame(e.seq, e.event)) for e in deltas)
-    naive_wire = sum(ws_frame_bytes(len(wire.event_frame(e.seq, e.event))) for e in deltas)
-    text_bytes = len(final_text.encode())
-    message_id = str(deltas[0].event["message"])
-    halfway = deltas[len(deltas) // 2 - 1]
-    half_text = "".join(str(e.event["text"]) for e in deltas[len(deltas) // 2 :])
+    naive = [len(wire.event_frame(e.seq, e.event)) for e in deltas]
+    half = len(deltas) // 2
+    ckpt_events = (await history.read(nc, STREAM, target_ckpt, 0)).events
     cases = {
-        "since=0": (0, final_text, len(deltas)),
-        "since=halfway": (halfway.seq, half_text, len(deltas) - len(deltas) // 2),
+        "since=0": (target, 0, final_text, len(deltas), sum(naive)),
+        "since=halfway": (
+            target,
+            deltas[half - 1].seq,
+            "".join(str(e.event["text"]) for e in deltas[half:]),
+            len(deltas) - half,
+            sum(naive[half:]),
+        ),
+        "since=0, SDK checkpoints": (target_ckpt, 0, final_text, len(deltas), sum(naive)),
     }
+    gateway, port = await start_gateway(children, server)
     out: dict[str, Any] = {
-        "text_bytes": text_bytes,
-        "naive_delta_frames_payload_bytes": naive_payload,
-        "naive_delta_frames_wire_bytes": naive_wire,
+        "text_bytes": len(final_text.encode()),
+        "naive_delta_frames_payload_bytes": sum(naive),
+        "naive_delta_frames_wire_bytes": sum(ws_frame_bytes(n) for n in naive),
+        "stored_events": {"without_checkpoints": len(events), "with_checkpoints": len(ckpt_events)},
+        "checkpoint_chunks": agent.DEFAULT_CHECKPOINT_CHUNKS,
         "cases": {},
     }
     try:
-        for name, (since, expected_text, delta_count) in cases.items():
+        for name, (session, since, expected_text, covered, naive_bytes) in cases.items():
             timings: list[float] = []
             last: dict[str, Any] = {}
             for _ in range(repeats + 1):  # the first connection warms the gateway up
-                last = await reconnect(port, target, since)
+                last = await reconnect(port, session, since)
                 timings.append(last["seconds"])
-                if last["texts"].get(message_id) != expected_text:
+                if list(last["texts"].values()) != [expected_text]:
                     raise RuntimeError(f"{name}: the replayed text differs from what was sent")
-            own_naive = sum(
-                len(wire.event_frame(e.seq, e.event)) for e in deltas[len(deltas) - delta_count :]
-            )
+            text_bytes = len(expected_text.encode())
             out["cases"][name] = {
+                "session": session,
                 "since": since,
-                "deltas_covered": delta_count,
+                "deltas_covered": covered,
                 "time_to_caught_up": timing_summary(timings[1:]),
                 "frames": last["frames"],
                 "event_frames": last["event_frames"],
                 "payload_bytes": last["payload_bytes"],
                 "wire_bytes": last["wire_bytes"],
-                "text_bytes": len(expected_text.encode()),
-                "naive_delta_frames_payload_bytes": own_naive,
-                "wire_over_text": ratio(last["wire_bytes"], len(expected_text.encode())),
-                "naive_over_wire": ratio(own_naive, last["payload_bytes"]),
+                "text_bytes": text_bytes,
+                "naive_delta_frames_payload_bytes": naive_bytes,
+                "wire_over_text": ratio(last["wire_bytes"], text_bytes),
+                "naive_over_wire": ratio(naive_bytes, last["payload_bytes"]),
             }
     finally:
         await children.stop(gateway)
@@ -482,13 +500,14 @@ async def consumer_costs(
     checkpoints: list[dict[str, Any]] = []
     created = 0
     limit_hit: dict[str, Any] | None = None
-    started = time.perf_counter()
-    cpu_before = cpu_seconds(server_pid)
+    create_seconds = 0.0  # creating only: not the idle measurements between checkpoints
+    create_cpu = 0.0
     for count in sorted(counts):
-        if checkpoints and time.perf_counter() - started > budget_seconds:
+        if checkpoints and create_seconds > budget_seconds:
             say(f"  skipping N={count:,}: over the {budget_seconds:.0f} s budget")
             break
         segment_start = time.perf_counter()
+        cpu_before = cpu_seconds(server_pid)
         while created < count:
             subject, body = consumer_request(sessions[created], created, tag)
             reply = await nc.request(subject, body, timeout=30)
@@ -511,20 +530,23 @@ async def consumer_costs(
                 if "error" in raised:
                     raise RuntimeError(f"could not raise max_consumers: {raised['error']}")
                 say(f"  raised the stream's max_consumers to {config['max_consumers']:,}")
-                segment_start = time.perf_counter()  # the limit handling is not create time
+                # The limit handling is not creation time.
+                segment_start, cpu_before = time.perf_counter(), cpu_seconds(server_pid)
                 continue
             if error:
                 raise RuntimeError(f"consumer create failed: {error}")
             created += 1
-        total = time.perf_counter() - started
         segment = time.perf_counter() - segment_start
+        create_seconds += segment
+        create_cpu += cpu_seconds(server_pid) - cpu_before
+        total = create_seconds
         segment_n = count - (checkpoints[-1]["n"] if checkpoints else 0)
         rss = rss_kib(server_pid)
         point = {
             "n": count,
             "create_seconds_total": total,
             "create_per_op_ms_segment": segment / segment_n * 1e3,
-            "server_cpu_seconds_creating": cpu_seconds(server_pid) - cpu_before,
+            "server_cpu_seconds_creating": create_cpu,
             "rss_kib": rss,
             "rss_growth_kib": rss - baseline_rss,
             "rss_per_consumer_kib": (rss - baseline_rss) / count,
@@ -575,7 +597,8 @@ def print_report(result: dict[str, Any]) -> None:
     say(table([*headers, "x history.read 512"], rows))
     say(
         f"  compaction of the {reads['events']:,} events: {reads['compact_ms']:.2f} ms"
-        f" -> {reads['compacted_items']} items"
+        f" -> {reads['compacted_items']} items; other processes on the machine used"
+        f" {reads['other_processes_cpu_percent']:.0f}% CPU meanwhile (of 100% per core)"
     )
 
     gw = result["gateway_replay"]
@@ -661,19 +684,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         assert server.process is not None
         pid = server.process.pid
         machine = machine_info()
-        client = await agent.connect(
-            server.settings("bench-populate"), log_settings=LogSettings(), coalesce_ms=0
-        )
         rss_empty = rss_kib(pid)
+        client = await agent.connect(
+            server.settings("bench-populate"),
+            log_settings=LogSettings(),
+            coalesce_ms=0,
+            checkpoint_chunks=0,
+        )
+        checkpointed = await agent.connect(
+            server.settings("bench-populate-ckpt"),
+            log_settings=LogSettings(),
+            coalesce_ms=0,
+            checkpoint_chunks=agent.DEFAULT_CHECKPOINT_CHUNKS,
+        )
         tag = secrets.token_hex(3)
-        target = f"target-{tag}"
+        target, target_ckpt = f"target-{tag}", f"target-ckpt-{tag}"
         say(
-            f"populating: {DELTAS:,} deltas of one streaming message among"
+            f"populating: {DELTAS:,} deltas of one streaming message (twice: checkpoints off"
+            f" and every {agent.DEFAULT_CHECKPOINT_CHUNKS} chunks) among"
             f" {OTHER_SESSIONS} sessions x {OTHER_EVENTS:,} events"
         )
         started = time.perf_counter()
-        final_text, expected = await populate(client, target, tag)
+        final_text = await populate(client, checkpointed, target, target_ckpt, tag)
+        expected = 2 + DELTAS  # run.started, message.start and the deltas
         populate_seconds = time.perf_counter() - started
+        await checkpointed.close()
         await client.close()
         client = None
         nc = await natsconn.connect(server.settings("bench-reader"))
@@ -681,15 +716,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         say(
             f"  stream holds {state.last_seq:,} messages ({populate_seconds:.1f} s to publish);"
             f" the target has {expected:,}"
+            f" (with checkpoints: {len((await history.read(nc, STREAM, target_ckpt, 0)).events)})"
         )
         rss_populated = rss_kib(pid)
 
         say(f"\n(a)/(b) reading the target's history, {args.repeats} repetitions per reader")
+        machine_before, server_before = machine_cpu_seconds()[0], cpu_seconds(pid)
+        own_before, wall_before = time.process_time(), time.perf_counter()
         reads, events = await compare_readers(nc, pid, target, expected, args.repeats)
+        wall = time.perf_counter() - wall_before
+        reads["other_processes_cpu_percent"] = (
+            100
+            * (
+                machine_cpu_seconds()[0]
+                - machine_before
+                - (cpu_seconds(pid) - server_before)
+                - (time.process_time() - own_before)
+            )
+            / wall
+        )
 
         say(f"\n(d) reconnecting through a gateway subprocess, {args.reconnects} times per case")
         gateway = await gateway_replay(
-            children, server, target, events, final_text, args.reconnects
+            children, server, nc, (target, target_ckpt), events, final_text, args.reconnects
         )
 
         counts = [1_000] if args.quick else [1_000, 5_000]
@@ -706,7 +755,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "read_repeats": args.repeats,
                 "reconnects": args.reconnects,
             },
-            "machine": machine,
+            "machine": {**machine, "event_loop": event_loop()},
             "populate_seconds": populate_seconds,
             "server_rss_kib": {"empty": rss_empty, "populated": rss_populated},
             "reads": reads,
@@ -754,7 +803,7 @@ def main(argv: list[str] | None = None) -> None:
     install_signal_exit()
     logs.configure("bench", Env({"TETHER_LOG_LEVEL": "error", "TETHER_LOG_FORMAT": "console"}))
     try:
-        result = asyncio.run(asyncio.wait_for(run(args), 1800))
+        result = loop.run(asyncio.wait_for(run(args), 1800))
     except KeyboardInterrupt:
         say("interrupted; every child process was stopped")
         sys.exit(130)
