@@ -18,11 +18,10 @@ from typing import Any
 import orjson
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js.errors import APIError
 
-from shared import subjects
-from shared.errors import InvalidId, TetherError, Unavailable
+from shared import directget, subjects
+from shared.errors import InvalidId, TetherError
 from shared.ids import check_id
 from shared.wire import now_ms
 
@@ -202,47 +201,22 @@ async def remove(nc: NATS, key: str, reason: str, *, expected_seq: int | None = 
     return True
 
 
-async def snapshot(nc: NATS, filter_subject: str, timeout: float = 5.0) -> dict[str, Change]:
+async def snapshot(nc: NATS, filter_subject: str) -> dict[str, Change]:
     """The current entries under a filter, keyed by bucket key.
 
     The bucket keeps one message per key, so reading every message under the filter (batched
     direct gets, no consumer) gives exactly the current values and removal markers.
     """
     result: dict[str, Change] = {}
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[int] = loop.create_future()
-    cursor = 0
 
-    async def on_message(msg: Msg) -> None:
-        nonlocal cursor
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        if status is not None:
-            if not done.done():
-                done.set_result(0 if status == "404" else int(headers.get("Nats-Num-Pending", 0)))
-            return
-        cursor = max(cursor, int(headers.get(subjects.SEQUENCE, "0")))
-        change = parse_change(msg.subject, headers, msg.data)
+    def handle(seq: int, headers: dict[str, str], data: bytes) -> bool:
+        change = parse_change(headers.get(subjects.STREAM_SUBJECT, ""), headers, data)
         if change is not None and change.entry is not None:
             result[change.key] = change
+        return True
 
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=on_message)
-    try:
-        while True:
-            request = {"seq": cursor + 1, "next_by_subj": filter_subject, "batch": 1000}
-            await nc.publish(
-                f"$JS.API.DIRECT.GET.{subjects.PRESENCE_STREAM}", orjson.dumps(request), reply=inbox
-            )
-            try:
-                pending = await asyncio.wait_for(done, timeout)
-            except TimeoutError:
-                raise Unavailable("the presence bucket did not answer in time") from None
-            if pending == 0:
-                return result
-            done = loop.create_future()
-    finally:
-        await sub.unsubscribe()
+    await directget.scan(nc, subjects.PRESENCE_STREAM, filter_subject, 0, handle, batch=1000)
+    return result
 
 
 class Writer:
