@@ -27,19 +27,17 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError
 
 from shared import natsconn, presence, subjects, wire
-from shared.errors import PublishError, TetherError
+from shared.errors import PublishError
 from shared.ids import check_id, new_id
 from shared.listeners import Listeners
 from shared.settings import Env, LogSettings, NatsSettings
+from shared.streaming import DEFAULT_CHECKPOINT_CHUNKS, Message
 from shared.streams import ensure_stream
 
 log = structlog.get_logger(__name__)
 
 PUBLISH_ATTEMPTS = 5
 PUBLISH_TIMEOUT = 2.0
-# A streaming message stores a checkpoint (its text so far, rolling its subject up) every
-# this many chunks, so a device that reconnects mid-answer reads at most this many deltas.
-DEFAULT_CHECKPOINT_CHUNKS = 256
 
 
 class Client:
@@ -341,152 +339,3 @@ class Run:
             window,
             checkpoint_every=self.session.client.checkpoint_chunks,
         )
-
-
-class Message:
-    """A streamed agent message: ``start()``, ``append(delta)``..., ``complete()``."""
-
-    def __init__(
-        self,
-        session: Session,
-        run_id: str | None,
-        message_id: str,
-        coalesce_ms: float,
-        *,
-        checkpoint_every: int = DEFAULT_CHECKPOINT_CHUNKS,
-    ) -> None:
-        self.session = session
-        self.run_id = run_id
-        self.id = message_id
-        self.subject = subjects.agent_message(session.id, message_id)
-        self.coalesce = coalesce_ms / 1000.0
-        self.checkpoint_every = checkpoint_every
-        self.text = ""
-        self.chunks = 0
-        self._checkpointed_at = 0
-        self._start_data: dict[str, Any] | None = None
-        self.started = False
-        self.completed = False
-        self._buffer: list[str] = []
-        self._flush_task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self._error: BaseException | None = None
-
-    def _dedupe(self, part: str) -> str:
-        return wire.msg_id(self.session.id, subjects.AGENT, self.id, part)
-
-    async def start(self, **data: Any) -> int:
-        self.started = True
-        self._start_data = data or None
-        await self.session.set_state("streaming")
-        event = self.session._event(
-            wire.MESSAGE_START, message=self.id, run=self.run_id, role="agent", data=data or None
-        )
-        return await self.session._publish(self.subject, event, self._dedupe("start"))
-
-    async def append(self, delta: str) -> None:
-        """Add text; published at once (window 0) or at the end of the coalescing window."""
-        self._check()
-        if not self.started:
-            await self.start()
-        if not delta:
-            return
-        self._buffer.append(delta)
-        if self.coalesce <= 0:
-            await self.flush()
-        elif self._flush_task is None:
-            self._flush_task = asyncio.create_task(self._flush_later())
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self.coalesce)
-        self._flush_task = None
-        try:
-            await self.flush()
-        except BaseException as exc:  # surfaced on the next append or complete
-            self._error = exc
-
-    async def flush(self) -> None:
-        """Publish what is buffered as one ``message.delta``."""
-        async with self._lock:
-            if not self._buffer:
-                return
-            text = "".join(self._buffer)
-            self._buffer.clear()
-            index = self.chunks
-            event = self.session._event(wire.MESSAGE_DELTA, message=self.id, i=index, text=text)
-            await self.session._publish(self.subject, event, self._dedupe(str(index)))
-            self.chunks += 1
-            self.text += text
-            await self._maybe_checkpoint()
-
-    async def _maybe_checkpoint(self) -> None:
-        """Every ``checkpoint_every`` chunks, store the text so far and roll the deltas up."""
-        if (
-            self.checkpoint_every <= 0
-            or self.chunks - self._checkpointed_at < self.checkpoint_every
-        ):
-            return
-        self._checkpointed_at = self.chunks
-        # A checkpoint carries the whole text so far; past half the stream's message size
-        # limit it would be refused, so such a message keeps its deltas (replay then merges
-        # them) instead of failing every append.
-        if len(self.text.encode()) > self.session.client.log_settings.max_msg_size // 2:
-            return
-        last = self.chunks - 1
-        event = self.session._event(
-            wire.MESSAGE_SNAPSHOT,
-            message=self.id,
-            run=self.run_id,
-            role="agent",
-            text=self.text,
-            i=last,
-            status="streaming",
-            data=self._start_data,
-        )
-        await self.session._publish(
-            self.subject, event, self._dedupe(f"checkpoint-{last}"), rollup=True
-        )
-
-    async def reset(self, text: str = "") -> None:
-        """Replace everything streamed so far with ``text``; devices replace, not append."""
-        self._check()
-        await self.flush()
-        async with self._lock:
-            index = self.chunks
-            event = self.session._event(wire.MESSAGE_RESET, message=self.id, i=index, text=text)
-            await self.session._publish(self.subject, event, self._dedupe(str(index)))
-            self.chunks += 1
-            self.text = text
-            await self._maybe_checkpoint()
-
-    async def complete(self, **data: Any) -> int:
-        """Publish the full text as ``message.complete``; the stored deltas are rolled up."""
-        self._check()
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            self._flush_task = None
-        if not self.started:
-            await self.start()
-        await self.flush()
-        self.completed = True
-        event = self.session._event(
-            wire.MESSAGE_COMPLETE,
-            message=self.id,
-            run=self.run_id,
-            role="agent",
-            text=self.text,
-            chunks=self.chunks,
-            data=data or None,
-        )
-        seq = await self.session._publish(
-            self.subject, event, self._dedupe("complete"), rollup=True
-        )
-        await self.session.set_state("thinking" if self.run_id else "idle")
-        return seq
-
-    def _check(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise PublishError(f"a coalesced publish failed: {error!r}") from error
-        if self.completed:
-            raise TetherError(f"message {self.id} is already complete")
