@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "account user: TETHER_NATS_SYS_USER / TETHER_NATS_SYS_PASSWORD)",
     )
 
+    sub.add_parser("notifier", help="run the webhook notifier (settings from TETHER_* variables)")
+
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--gateway", default=os.environ.get("TETHER_GATEWAY_URL", "http://127.0.0.1:8080")
@@ -82,6 +84,30 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("session")
     client_args(who)
 
+    hooks = sub.add_parser("webhooks", help="manage webhook subscriptions (admin token)")
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", required=True)
+    add = hooks_sub.add_parser("add", help="subscribe a URL; prints the signing secret once")
+    add.add_argument("url")
+    add.add_argument(
+        "--events",
+        nargs="+",
+        default=["run.completed", "run.failed"],
+        help="run.completed, run.failed, approval.requested",
+    )
+    scope = add.add_mutually_exclusive_group()
+    scope.add_argument("--session", default=None, help="only this session")
+    scope.add_argument("--user", default=None, help="only this user")
+    add.add_argument("--secret", default=None, help="whsec_...; default: generated")
+    client_args(add)
+    client_args(hooks_sub.add_parser("list", help="list subscriptions"))
+    rm = hooks_sub.add_parser("rm", help="delete a subscription")
+    rm.add_argument("id")
+    client_args(rm)
+    client_args(hooks_sub.add_parser("dead", help="list dead letters"))
+    again = hooks_sub.add_parser("replay", help="deliver a dead letter again (same webhook-id)")
+    again.add_argument("id")
+    client_args(again)
+
     token = sub.add_parser("token", help="mint a gateway access token")
     token.add_argument(
         "--sessions", nargs="+", default=["*"], help="session ids, prefix* patterns or *"
@@ -98,10 +124,43 @@ def signing_secret(data_dir: Path | None) -> Secret:
     return secret if secret else dev_secret(data_dir or default_data_dir())
 
 
-def client_token(args: argparse.Namespace) -> str:
+def client_token(args: argparse.Namespace, role: str = "user") -> str:
     if args.token:
         return str(args.token)
-    return mint(signing_secret(args.data_dir), subject="cli", sessions=["*"], ttl_seconds=3600)
+    return mint(
+        signing_secret(args.data_dir), subject="cli", sessions=["*"], role=role, ttl_seconds=3600
+    )
+
+
+async def cmd_webhooks(args: argparse.Namespace) -> int:
+    """``tether webhooks add|list|rm|dead|replay`` through the gateway's admin API."""
+    url = args.gateway.rstrip("/") + "/v1/webhooks"
+    headers = {"Authorization": f"Bearer {client_token(args, role='admin')}"}
+    command = args.webhooks_command
+    method, body = "GET", None
+    if command == "add":
+        method = "POST"
+        scope = {"session": args.session} if args.session else {}
+        scope = {"user": args.user} if args.user else scope
+        body = {"url": args.url, "events": args.events, "filter": scope}
+        if args.secret:
+            body["secret"] = args.secret
+    elif command == "rm":
+        method, url = "DELETE", f"{url}/{args.id}"
+    elif command == "dead":
+        url = f"{url}/dead"
+    elif command == "replay":
+        method, url = "POST", f"{url}/dead/{args.id}/replay"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, url, json=body, headers=headers) as resp,
+    ):
+        reply = orjson.loads(await resp.read())
+    if resp.status >= 300:
+        print(f"tether: {reply.get('error', {}).get('message', resp.status)}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
+    return 0
 
 
 async def cmd_tail(args: argparse.Namespace) -> int:
@@ -252,6 +311,15 @@ def run(args: argparse.Namespace) -> int:
         logs.configure("presence")
         loop.run(serve_presence(PresenceSettings.from_env()))
         return 0
+    if command == "notifier":
+        from services.notifier.service import serve as serve_notifier
+        from services.notifier.settings import NotifierSettings
+
+        logs.configure("notifier")
+        loop.run(serve_notifier(NotifierSettings.from_env()))
+        return 0
+    if command == "webhooks":
+        return asyncio.run(cmd_webhooks(args))
     if command == "presence":
         return asyncio.run(cmd_presence(args))
     if command == "tail":

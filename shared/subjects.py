@@ -135,3 +135,28 @@ def presence_live(session: str, role: str | None = None) -> str:
     """The republished presence changes of one session (optionally of one role)."""
     tail = f"{role}.>" if role else ">"
     return f"{PRESENCE_LIVE_ROOT}.{check_id(session)}.{tail}"
+
+
+# ---- webhooks (notifier) -------------------------------------------------------------
+# Subscriptions: a KV bucket, key = subscription id. Device read positions: a KV bucket,
+# key ``{session}.{participant}``, value the highest sequence delivered to any of that
+# participant's devices. Deliveries: a work-queue stream of jobs. Dead letters: a KV
+# bucket, key = webhook-id.
+WEBHOOKS_BUCKET = "TETHER_WEBHOOKS"
+CURSORS_BUCKET = "TETHER_CURSORS"
+DEAD_LETTERS_BUCKET = "TETHER_WEBHOOK_DEAD"
+DELIVERIES_STREAM = "TETHER_WEBHOOK_DELIVERIES"
+DELIVER_ROOT = f"{PREFIX}.webhooks.deliver"
+RUN_EVENTS_FILTER = f"{LOG_ROOT}.*.{RUN}.*"
+NOTIFIER_TRIGGER_DURABLE = "tether-notifier"
+NOTIFIER_DELIVERY_DURABLE = "tether-notifier-delivery"
+
+
+def cursor_key(session: str, participant: str) -> str:
+    """The read-position key ``{session}.{participant}``."""
+    return f"{check_id(session)}.{check_id(participant, 'participant id')}"
+
+
+def delivery_subject(subscription: str) -> str:
+    """Where a delivery job for one subscription is published."""
+    return f"{DELIVER_ROOT}.{check_id(subscription, 'subscription id')}"

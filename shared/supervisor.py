@@ -1,4 +1,5 @@
-"""``tether up``: the bundled nats-server, the gateway and the demo agent as one process tree.
+"""``tether up``: the bundled nats-server, the gateway, presence, the notifier and the demo
+agent as one process tree.
 
 Children are restarted with backoff when they die. SIGTERM or SIGINT stops them in
 reverse start order (demo agent, gateway, then nats-server), each with SIGTERM and a
@@ -177,6 +178,7 @@ async def up(
             "presence_service_skipped",
             why="--nats-url without TETHER_NATS_SYS_USER: no system account user",
         )
+    children.append(Child("notifier", ["notifier"], env))
     if demo_agent:
         children.append(Child("demo-agent", ["demo-agent"], env))
     tasks = []

@@ -86,6 +86,7 @@ class ServiceProcess:
         server: EmbeddedNats,
         extra_env: dict[str, str] | None = None,
         module: str = "shared.cli",
+        stderr_path: Path | None = None,
     ) -> None:
         env = {
             **os.environ,
@@ -95,13 +96,16 @@ class ServiceProcess:
             "TETHER_LOG_FORMAT": "json",
             **(extra_env or {}),
         }
+        stderr = open(stderr_path, "ab") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, *command],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
         )
+        if stderr_path:
+            stderr.close()  # type: ignore[union-attr]
         self.port = 0
         ready = threading.Event()
         self.ready_info: dict[str, object] = {}
@@ -120,7 +124,8 @@ class ServiceProcess:
         threading.Thread(target=read, daemon=True).start()
         if not ready.wait(30) or not self.ready_info:
             self.process.kill()
-            raise RuntimeError(f"{command} did not become ready")
+            tail = stderr_path.read_text(errors="replace")[-3000:] if stderr_path else ""
+            raise RuntimeError(f"{command} did not become ready {tail}")
 
     @property
     def url(self) -> str:

@@ -51,11 +51,11 @@ def free_port() -> int:
 
 
 def test_compose_file_is_valid() -> None:
-    """docker-compose accepts compose.yaml: nats, gateway, presence and demo-agent."""
+    """docker-compose accepts compose.yaml: nats, gateway, presence, notifier, demo-agent."""
     result = compose_config(SECRETS)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    assert set(services) == {"nats", "gateway", "presence", "demo-agent"}
+    assert set(services) == {"nats", "gateway", "presence", "notifier", "demo-agent"}
     for name in ("nats", "gateway"):
         assert "healthcheck" in services[name]
 
@@ -116,7 +116,7 @@ class ComposeServices:
         )
         self.port = free_port()
         self.processes = [self.nats]
-        for name in ("gateway", "presence"):
+        for name in ("gateway", "presence", "notifier"):
             env = dict(services[name]["environment"])
             env["TETHER_NATS_URL"] = env["TETHER_NATS_URL"].replace(
                 "//nats:4222", f"//127.0.0.1:{nats_port}"
@@ -158,7 +158,7 @@ def compose_services(tmp_path: Path) -> Iterator[ComposeServices]:
 
 
 async def test_compose_services_run_as_described(compose_services: ComposeServices) -> None:
-    """nats and gateway run with compose's config, command and environment serve a session."""
+    """nats, gateway, presence and notifier run with compose's config, command and environment."""
     url = f"http://127.0.0.1:{compose_services.port}"
     token = compose_services.token
     device = Device("compose", token)

@@ -296,7 +296,8 @@ def _encode(payload: dict[str, Any], key: str = SECRET.reveal(), alg: str = "HS2
 def _payload(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
     payload = {"sub": "a", "role": "user", "sessions": ["s"], "aud": DEFAULT_AUDIENCE}
-    payload.update(iat=now, exp=now + 60)
+    # Built at collection time: valid for longer than the whole suite takes to reach it.
+    payload.update(iat=now, exp=now + 3600)
     payload.update(overrides)
     return {k: v for k, v in payload.items() if v is not None}
 

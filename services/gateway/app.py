@@ -17,11 +17,12 @@ import orjson
 import structlog
 from aiohttp import WSCloseCode, web
 from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
 
-from services.gateway import http, ws
+from services.gateway import admin, http, ws
 from services.gateway.hub import Hubs
 from services.gateway.settings import GatewaySettings
-from shared import natsconn, presence
+from shared import natsconn, presence, subjects, webhooks
 from shared.streams import ensure_stream
 from shared.tokens import Claims, verify
 
@@ -39,6 +40,7 @@ class Gateway:
         self._nc: NATS | None = None
         self._hubs: Hubs | None = None
         self._presence: presence.Writer | None = None
+        self._buckets: dict[str, KeyValue] = {}
         self.connections: set[Connection] = set()
         self.counters: Counter[str] = Counter()
         self.runner: web.AppRunner | None = None
@@ -62,6 +64,17 @@ class Gateway:
             raise RuntimeError("gateway is not started")
         return self._presence
 
+    def bucket(self, name: str) -> KeyValue:
+        """One of the KV buckets opened at start-up (cursors, webhooks, dead letters)."""
+        kv = self._buckets.get(name)
+        if kv is None:
+            raise RuntimeError(f"gateway is not started (bucket {name})")
+        return kv
+
+    @property
+    def cursors(self) -> KeyValue:
+        return self.bucket(subjects.CURSORS_BUCKET)
+
     def authenticate(self, request: web.Request) -> Claims:
         """Verify the token from ``Authorization: Bearer`` or ``?token=``."""
         header = request.headers.get("Authorization", "")
@@ -81,12 +94,21 @@ class Gateway:
         app.router.add_post("/v1/sessions/{session}/messages", partial(http.post_message, self))
         app.router.add_get("/v1/sessions/{session}/presence", partial(http.get_presence, self))
         app.router.add_get("/healthz", partial(http.healthz, self))
+        admin.add_routes(app, self)
         return app
 
     async def start(self) -> None:
         self._nc = await natsconn.connect(self.settings.nats, on_reconnect=self._on_reconnect)
         await ensure_stream(self._nc, self.settings.log)
         await presence.ensure_bucket(self._nc, self.settings.log.replicas)
+        replicas = self.settings.log.replicas
+        for name in (
+            subjects.CURSORS_BUCKET,
+            subjects.WEBHOOKS_BUCKET,
+            subjects.DEAD_LETTERS_BUCKET,
+        ):
+            self._buckets[name] = await webhooks.bucket(self._nc, name, replicas)
+        await webhooks.ensure_deliveries(self._nc, replicas)
         self._hubs = Hubs(self._nc, self.settings.log.stream)
         self._presence = presence.Writer(self._nc)
         self._presence.start()

@@ -18,15 +18,24 @@ log = structlog.get_logger(__name__)
 
 Send = Callable[[bytes], Awaitable[None]]
 OnOverflow = Callable[["Device"], None]
+OnDelivered = Callable[[int], None]
 
 
 class Device:
     """Ordering, dedupe by sequence and a bounded send queue for one connection."""
 
     def __init__(
-        self, session: str, since: int, send: Send, *, queue_frames: int, on_overflow: OnOverflow
+        self,
+        session: str,
+        since: int,
+        send: Send,
+        *,
+        queue_frames: int,
+        on_overflow: OnOverflow,
+        on_delivered: OnDelivered | None = None,
     ) -> None:
         self.session = session
+        self._on_delivered = on_delivered  # the read-position bookkeeping (cursors.py)
         self.delivered = since
         self.replaying = True
         self._send = send
@@ -58,6 +67,8 @@ class Device:
             return
         self.delivered = seq
         self.push(frame)
+        if self._on_delivered is not None:
+            self._on_delivered(seq)
 
     def push(self, frame: bytes) -> None:
         """Queue any frame for sending (no sequence check)."""
@@ -91,6 +102,8 @@ class Device:
             await self._room.wait()
         self.delivered = seq
         self.push(frame)
+        if self._on_delivered is not None:
+            self._on_delivered(seq)
 
     def go_live(self, caught_up_to: int) -> None:
         """End the replay: deliver buffered live frames newer than the replay."""

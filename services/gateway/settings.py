@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from shared.errors import ConfigError
 from shared.settings import Env, LogSettings, NatsSettings, Secret
 from shared.tokens import DEFAULT_AUDIENCE
+from shared.urlsafety import AddressPolicy
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class GatewaySettings:
     heartbeat_seconds: float = 20.0
     nats: NatsSettings = field(default_factory=NatsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    webhook_policy: AddressPolicy = field(default_factory=AddressPolicy)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
@@ -47,4 +49,5 @@ class GatewaySettings:
             ),
             nats=NatsSettings.from_env(env, name="tether-gateway"),
             log=LogSettings.from_env(env),
+            webhook_policy=AddressPolicy.from_env(env),
         )

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from services.gateway import replay
+from services.gateway.cursors import CursorWriter
 from services.gateway.device import Device, slow_client_error
 from services.gateway.hub import SessionHub
 from services.gateway.messages import publish_user_message
@@ -99,12 +100,18 @@ class Connection:
         self.id = new_id("conn-")
         self.since = since
         self.epoch = epoch
+        self.cursor = (
+            CursorWriter(gateway.cursors, session, claims.subject)
+            if claims.role == "user"
+            else None
+        )
         self.device = Device(
             session,
             since,
             self._send,
             queue_frames=gateway.settings.send_queue_frames,
             on_overflow=self._overflowed,
+            on_delivered=self.cursor.note if self.cursor is not None else None,
         )
         self.log = log.bind(session=session, connection=self.id)
 
@@ -143,6 +150,8 @@ class Connection:
             await gateway.presence.remove(entry.key, "closed")
             await gateway.hubs.leave(self.session, self.device)
             self.device.abort()
+            if self.cursor is not None:
+                await self.cursor.close()
             if not self.ws.closed:
                 await self.ws.close()
             self.log.info("ws_closed", code=self.ws.close_code, delivered=self.device.delivered)

@@ -1,0 +1,138 @@
+"""Which run events become webhooks: the durable consumer on the session stream.
+
+For ``run.completed`` / ``run.failed`` (and ``approval.requested``) it finds the session's
+user (the event's ``user``, else the participant of the latest user ``message.created``),
+the subscriptions that match, and whether the user still needs telling: at once when the
+user has no connected device, else after the grace period unless the user's read position
+(``TETHER_CURSORS``) reached the event. Jobs go to the delivery queue with a deterministic
+Nats-Msg-Id, so a redelivered trigger stores each job once; the trigger is acked after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from services.notifier.settings import NotifierSettings
+from shared import cursors, history, presence, subjects, webhooks, wire
+from shared.webhooks import Subscription
+
+log = structlog.get_logger(__name__)
+
+SUMMARY_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What the history says about a run: its user and a short summary."""
+
+    user: str | None
+    summary: str
+
+
+async def run_context(nc: NATS, stream: str, session: str, event: dict[str, Any]) -> RunContext:
+    """The run's user and the first characters of its last agent message."""
+    user = event.get("user") if isinstance(event.get("user"), str) else None
+    page = await history.read(nc, stream, session, 0)
+    summary = ""
+    for stored in page.events:
+        item = stored.event
+        if item.get("type") not in wire.FINAL_MESSAGE_TYPES:
+            continue
+        if item.get("role") == "user" and event.get("user") is None:
+            participant = item.get("participant")
+            user = participant if isinstance(participant, str) else user
+        elif item.get("role") == "agent" and item.get("run") == event.get("run"):
+            text = item.get("text")
+            summary = text[:SUMMARY_CHARS] if isinstance(text, str) else summary
+    return RunContext(user, summary)
+
+
+class Trigger:
+    """Turns stored run events into delivery jobs."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        settings: NotifierSettings,
+        read_positions: KeyValue,
+    ) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.read_positions = read_positions
+
+    async def handle(self, msg: Msg) -> None:
+        """Decide about one stored run event; ack when decided and jobs are stored."""
+        seq = msg.metadata.sequence.stream
+        event = wire.decode_event(msg.data)
+        parsed = subjects.parse(msg.subject)
+        if event is None or parsed is None or event.get("type") not in webhooks.EVENT_TYPES:
+            await msg.ack()
+            return
+        kind = str(event["type"])
+        candidates = [
+            s
+            for s in await webhooks.list_all(self.nc)
+            if kind in s.events and s.session in (None, parsed.session)
+        ]
+        if not candidates:
+            await msg.ack()
+            return
+        context = await run_context(self.nc, self.settings.log.stream, parsed.session, event)
+        matching = [s for s in candidates if s.matches(kind, parsed.session, context.user)]
+        if matching and await self.due(parsed.session, context.user, seq):
+            for subscription in matching:
+                await self.enqueue(subscription, seq, event, parsed.session, context)
+        else:
+            log.info("notify_skipped", session=parsed.session, seq=seq, matching=len(matching))
+        await msg.ack()
+
+    async def online(self, session: str, user: str | None) -> bool:
+        """Whether the user (any user, when unknown) has a device connected to the session."""
+        current = await presence.snapshot(self.nc, subjects.presence_filter(session))
+        return any(
+            c.entry is not None
+            and c.entry.role == "user"
+            and (user is None or c.entry.participant == user)
+            for c in current.values()
+        )
+
+    async def due(self, session: str, user: str | None, seq: int) -> bool:
+        """True when the user has not seen event ``seq`` (now, or by the end of the grace)."""
+        if not await self.online(session, user):
+            return True
+        await asyncio.sleep(self.settings.grace_seconds)
+        if user is None:  # no read position to check: due if nobody is watching any more
+            return not await self.online(session, None)
+        return await cursors.read(self.read_positions, session, user) < seq
+
+    async def enqueue(
+        self,
+        subscription: Subscription,
+        seq: int,
+        event: dict[str, Any],
+        session: str,
+        context: RunContext,
+    ) -> None:
+        wid = webhooks.webhook_id(subscription.id, seq)
+        payload = {
+            "type": event["type"],
+            "session": session,
+            "run": event.get("run"),
+            "user": context.user,
+            "summary": context.summary,
+            "seq": seq,
+            "resume_from": seq - 1,
+            "timestamp": event.get("ts", wire.now_ms()),
+        }
+        if event.get("error"):
+            payload["error"] = str(event["error"])[:SUMMARY_CHARS]
+        job = {"webhook_id": wid, "subscription": subscription.id, "payload": payload}
+        await webhooks.publish_job(self.nc, job, wid)
+        log.info("notify_enqueued", webhook=subscription.id, webhook_id=wid, session=session)
