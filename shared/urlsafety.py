@@ -14,6 +14,9 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
 from shared.errors import BadFrame, ConfigError
 from shared.settings import Env
 
@@ -123,3 +126,31 @@ async def check_url(url: object, policy: AddressPolicy) -> str:
                 f"allow it with TETHER_WEBHOOK_ALLOW_PRIVATE={kind}"
             )
     return str(url)
+
+
+class SafeResolver(AbstractResolver):
+    """aiohttp's resolver with the policy applied at connect time.
+
+    ``check_url`` before a delivery is not enough on its own: aiohttp resolves the host
+    again when it connects, and a DNS answer can change in between (DNS rebinding). This
+    resolver refuses, at the moment of connecting, any answer with an address the policy
+    does not allow. (aiohttp never resolves literal IPs; ``check_url`` covers those.)
+    """
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            address = ipaddress.ip_address(str(result["host"]).split("%")[0])
+            kind = kind_of(address)
+            if kind is not None and kind not in self.policy.allowed:
+                raise OSError(f"{host} resolves to {address}, a {kind} address (refused)")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -597,3 +597,16 @@ async def test_read_position_is_throttled_and_monotonic(
     # A stale revision hint is safe: the update fails, the read shows a higher value.
     assert (await cursors.advance(kv, "s-throttle", "alice", 130, revision=1))[0] == 500
     assert await cursors.read(kv, "s-throttle", "alice") == 500
+
+
+async def test_connect_time_resolver_refuses_private_answers() -> None:
+    """At connect time, a host whose DNS answer is private is refused (DNS rebinding)."""
+    from shared.urlsafety import AddressPolicy, SafeResolver
+
+    strict = SafeResolver(AddressPolicy(allowed=frozenset()))
+    with pytest.raises(OSError, match="loopback"):
+        await strict.resolve("localhost", 80)
+    await strict.close()
+    lenient = SafeResolver(AddressPolicy(allowed=frozenset({"loopback"})))
+    assert (await lenient.resolve("localhost", 80))[0]["host"] in ("127.0.0.1", "::1")
+    await lenient.close()

@@ -27,7 +27,7 @@ from services.notifier import signing
 from services.notifier.settings import NotifierSettings
 from shared import webhooks
 from shared.errors import ClientError
-from shared.urlsafety import check_url
+from shared.urlsafety import SafeResolver, check_url
 from shared.webhooks import Subscription
 
 log = structlog.get_logger(__name__)
@@ -63,7 +63,8 @@ class Deliverer:
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
+            connector=aiohttp.TCPConnector(resolver=SafeResolver(self.settings.policy)),
         )
 
     async def close(self) -> None:
