@@ -21,7 +21,7 @@ from services.notifier import signing
 from services.notifier.delivery import backoff
 from services.notifier.service import NotifierService
 from services.notifier.settings import NotifierSettings
-from shared import agent, cursors, presence, subjects, webhooks
+from shared import agent, cursors, presence, subjects, webhooks, wire
 from shared.errors import ConfigError
 from shared.ids import new_id
 from shared.server import EmbeddedNats
@@ -610,3 +610,34 @@ async def test_connect_time_resolver_refuses_private_answers() -> None:
     lenient = SafeResolver(AddressPolicy(allowed=frozenset({"loopback"})))
     assert (await lenient.resolve("localhost", 80))[0]["host"] in ("127.0.0.1", "::1")
     await lenient.close()
+
+
+async def test_approval_request_reaches_an_offline_user(
+    admin_gateway: Gateway, bot: agent.Client, receiver: Receiver, notifier: Start
+) -> None:
+    """An approval.requested event on a run's subject is pushed to an offline user."""
+    sid = new_id("s-")
+    await subscribe(
+        admin_gateway, receiver.url, events=["approval.requested"], filter={"user": "alice"}
+    )
+    await notifier()
+    event = {
+        "v": 1,
+        "type": "approval.requested",
+        "session": sid,
+        "run": "r1",
+        "user": "alice",
+        "approval": "a1",
+        "prompt": "Send the refund?",
+        "options": ["yes", "no"],
+    }
+    await bot.publish(
+        subjects.run_events(sid, "r1"), event, wire.msg_id(sid, subjects.RUN, "r1", "approval-a1")
+    )
+    await wait_for(lambda: len(receiver.requests) == 1, what="approval webhook")
+    payload = receiver.requests[0].payload
+    assert (payload["type"], payload["user"], payload["run"]) == (
+        "approval.requested",
+        "alice",
+        "r1",
+    )
