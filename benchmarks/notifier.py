@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -43,6 +45,7 @@ from benchmarks._common import (
     table,
     write_json,
 )
+from services.notifier import signing
 from shared import agent, subjects, webhooks
 from shared.server import EmbeddedNats
 from shared.settings import LogSettings, Secret
@@ -118,6 +121,40 @@ async def burst(bot: agent.Client, receiver: Receiver, prefix: str, count: int) 
     }
 
 
+async def direct_posts(receiver: Receiver, runs: int, burst_size: int) -> dict[str, Any]:
+    """The baseline: the same signed POST sent straight from this process (the HTTP floor),
+    one at a time for latency, then ``burst_size`` with 16 in flight for throughput."""
+    key = base64.b64decode(webhooks.new_secret().removeprefix(webhooks.SECRET_PREFIX))
+    url = f"http://127.0.0.1:{receiver.port}/hook"
+    loop = asyncio.get_running_loop()
+    samples = []
+    async with aiohttp.ClientSession() as http:
+
+        async def post(run_id: str) -> None:
+            body = orjson.dumps({"type": "run.completed", "run": run_id})
+            headers = signing.headers(key, f"msg_{run_id}", int(time.time()), body)
+            async with http.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+
+        for n in range(runs):
+            run_id = f"direct-{n}"
+            waiter: asyncio.Future[int] = loop.create_future()
+            receiver.waiters[run_id] = waiter
+            stamp = time.time_ns()
+            await post(run_id)
+            samples.append(await asyncio.wait_for(waiter, 30) - stamp)
+        gate = asyncio.Semaphore(16)
+        started = time.monotonic()
+
+        async def one(n: int) -> None:
+            async with gate:
+                await post(f"direct-burst-{n}")
+
+        await asyncio.gather(*(one(n) for n in range(burst_size)))
+        per_second = burst_size / (time.monotonic() - started)
+    return {"latency": latency_summary(samples), "deliveries_per_second": per_second}
+
+
 async def measure(args: argparse.Namespace, server: EmbeddedNats, work: Path) -> dict[str, Any]:
     receiver = Receiver()
     await receiver.start()
@@ -161,6 +198,7 @@ async def measure(args: argparse.Namespace, server: EmbeddedNats, work: Path) ->
             prefix = f"burst-c{concurrency}-"
             results[f"throughput_c{concurrency}"] = await burst(bot, receiver, prefix, args.burst)
             await children.stop(notifier)
+        results["baseline_direct_post"] = await direct_posts(receiver, args.runs, args.burst)
     finally:
         await children.stop_all()
         await bot.close()
@@ -178,19 +216,16 @@ async def main(args: argparse.Namespace) -> None:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     lat = results["latency"]
+    base = results["baseline_direct_post"]["latency"]
     say(f"\nrun completed (user offline, grace 0) -> webhook received, {lat['count']} runs")
+    keys = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms")
     say(
         table(
             ["", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"],
             [
-                [
-                    "latency",
-                    lat["p50_ms"],
-                    lat["p90_ms"],
-                    lat["p99_ms"],
-                    lat["max_ms"],
-                    lat["mean_ms"],
-                ]
+                ["tether notifier", *(lat[k] for k in keys)],
+                ["direct POST (floor)", *(base[k] for k in keys)],
+                ["ratio", *(lat[k] / base[k] if base[k] else 0 for k in keys)],
             ],
         )
     )
@@ -200,6 +235,15 @@ async def main(args: argparse.Namespace) -> None:
         rows.append(
             [concurrency, t["runs"], t["delivered"], t["seconds"], t["deliveries_per_second"]]
         )
+    rows.append(
+        [
+            "direct POST, 16 in flight (floor)",
+            args.burst,
+            args.burst,
+            "",
+            results["baseline_direct_post"]["deliveries_per_second"],
+        ]
+    )
     say("\nburst to a fast receiver (one origin)")
     say(table(["per-origin concurrency", "runs", "delivered", "seconds", "per second"], rows))
     write_json(
