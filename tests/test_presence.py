@@ -190,7 +190,7 @@ async def test_presence_restart_emits_nothing_and_catches_up(
     await presence_process()  # comes back: reconciles with the server's connection list
     await wait_for(lambda: bool(leaves(device, "doomed")), timeout=10, what="caught up")
     assert leaves(device, "doomed")[0]["reason"] == "crashed"
-    assert present(device, "survivor") and not leaves(device, "survivor")
+    assert present(device, "survivor") and not leaves(device, "survivor"), device.view.presence
     await device.close()
     assert survivor.alive
 

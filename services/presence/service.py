@@ -155,10 +155,13 @@ class PresenceService:
 
     async def reconcile(self) -> None:
         """Remove keys whose owner is not connected (a crash while this service was down)."""
+        # Only owners known before asking: one that connects while the servers answer is
+        # missing from their lists but very much alive.
+        known = set(self.owners)
         connected = await self.connected_owners()
         if connected is None:
             return
-        gone = [owner for owner in list(self.owners) if owner not in connected]
+        gone = [owner for owner in known if owner not in connected and owner in self.owners]
         for owner in gone:
             await self.expire(owner, reason="not connected at reconcile")
 
