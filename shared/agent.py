@@ -29,7 +29,9 @@ from nats.js.errors import APIError
 from shared import natsconn, presence, subjects, wire
 from shared.errors import PublishError
 from shared.ids import check_id, new_id
+from shared.inbox import Inbox
 from shared.listeners import Listeners
+from shared.runcontrol import CancelHook, RunControl, Signal
 from shared.settings import Env, LogSettings, NatsSettings
 from shared.streaming import DEFAULT_CHECKPOINT_CHUNKS, Message
 from shared.streams import ensure_stream
@@ -60,6 +62,13 @@ class Client:
         self.instance = new_id("agent-")
         self.presence = presence.Writer(nc)
         self.presence.start()
+
+    def inbox(self, durable: str | None = None, **options: Any) -> Inbox:
+        """This agent's durable inbox (``async for item in client.inbox()``); options:
+        ``deliver`` ("new" or "all", at the durable's creation), ``ack_wait``,
+        ``max_deliver``, ``batch``, ``max_ack_pending``. Workers of a pool pass the same
+        ``durable``."""
+        return Inbox(self, durable, **options)
 
     def session(self, session_id: str, *, ttl_seconds: int | None = None) -> Session:
         """Open a session by name (nothing is sent until the first event)."""
@@ -209,30 +218,46 @@ class Session:
 
     @asynccontextmanager
     async def run(
-        self, run_id: str | None = None, *, user: str | None = None, **data: Any
+        self,
+        run_id: str | None = None,
+        *,
+        user: str | None = None,
+        on_cancel: CancelHook | None = None,
+        **data: Any,
     ) -> AsyncIterator[Run]:
         """A run: ``run.started`` on entry, ``run.completed`` or ``run.failed`` on exit.
 
         ``user`` names the participant the run works for; it is put on the lifecycle
         events, and the notifier tells that user when the run ends while they are away.
+        While the run is active, cancel and steer signals of the session arrive live
+        (``run.cancelled``, ``run.steers``, ``on_cancel``); a cancelled run ends
+        ``run.cancelled`` instead of ``run.completed``.
         """
         run = Run(
             self,
             check_id(run_id, "run id") if run_id else new_id("run-"),
             user=check_id(user, "user id") if user is not None else None,
+            on_cancel=on_cancel,
         )
-        await run.start(**data)
+        await run.control.follow(self.client.nc, self.id)
         try:
-            yield run
-        except asyncio.CancelledError:
-            await asyncio.shield(run.cancel("task cancelled"))
-            raise
-        except BaseException as exc:
+            await run.start(**data)
+            try:
+                yield run
+            except asyncio.CancelledError:
+                await asyncio.shield(run.cancel(run.cancel_reason() or "task cancelled"))
+                raise
+            except BaseException as exc:
+                if not run.ended:
+                    await run.fail(f"{type(exc).__name__}: {exc}")
+                raise
             if not run.ended:
-                await run.fail(f"{type(exc).__name__}: {exc}")
-            raise
-        if not run.ended:
-            await run.complete()
+                if run.cancelled.is_set():
+                    await run.cancel(run.cancel_reason())
+                else:
+                    await run.complete()
+        finally:
+            await run.control.stop()
 
     async def _message_event(
         self, kind: str, message_id: str, role: str, part: str, **fields: Any
@@ -277,13 +302,42 @@ class Session:
 class Run:
     """One agent run inside a session: its lifecycle events and the messages it streams."""
 
-    def __init__(self, session: Session, run_id: str, *, user: str | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        run_id: str,
+        *,
+        user: str | None = None,
+        on_cancel: CancelHook | None = None,
+    ) -> None:
         self.session = session
         self.id = run_id
         self.user = user
         self.ended = False
         self._messages = 0
         self._progress = 0
+        self.control = RunControl(run_id, on_cancel)
+
+    @property
+    def cancelled(self) -> asyncio.Event:
+        """Set as soon as a device cancels this run (or the session's active run)."""
+        return self.control.cancelled
+
+    @property
+    def steers(self) -> asyncio.Queue[Signal]:
+        """Steer signals for this run, in arrival order (``signal.text`` is the instruction)."""
+        return self.control.steers
+
+    async def wait_cancelled(self) -> Signal | None:
+        """Return when the run is cancelled, with the cancel signal."""
+        await self.control.cancelled.wait()
+        return self.control.cancel_signal
+
+    def cancel_reason(self) -> str:
+        signal = self.control.cancel_signal
+        if signal is None:
+            return ""
+        return f"cancelled by {signal.participant}" if signal.participant else "cancelled"
 
     async def _lifecycle(self, kind: str, part: str, **fields: Any) -> int:
         s = self.session
@@ -326,9 +380,20 @@ class Run:
         return seq
 
     def message(
-        self, message_id: str | None = None, *, coalesce_ms: float | None = None
+        self,
+        message_id: str | None = None,
+        *,
+        coalesce_ms: float | None = None,
+        resume: str | None = None,
     ) -> Message:
-        """A streamed agent message; its id defaults to ``{run}-m{n}`` (deterministic)."""
+        """A streamed agent message; its id defaults to ``{run}-m{n}`` (deterministic).
+
+        ``resume`` is for a retried agent whose message may already have stored events:
+        ``"continue"`` picks up after the last stored chunk (``message.stored_text``;
+        ``message.extend_to(full_text)`` appends only what is not stored yet), ``"reset"``
+        publishes a ``message.reset`` so devices replace the partial text. Either is read
+        from the log by ``start()``.
+        """
         self._messages += 1
         mid = check_id(message_id, "message id") if message_id else f"{self.id}-m{self._messages}"
         window = self.session.client.coalesce_ms if coalesce_ms is None else coalesce_ms
@@ -338,4 +403,5 @@ class Run:
             mid,
             window,
             checkpoint_every=self.session.client.checkpoint_chunks,
+            resume=resume,
         )

@@ -1,7 +1,7 @@
 """The demo agent: answers every user message by streaming a reply into the session.
 
-It reads user messages through a durable JetStream consumer (so messages sent while it
-was down are answered when it comes back), and derives every id from the user message
+It reads user messages through its durable inbox (``client.inbox()``, so messages sent
+while it was down are answered when it comes back), and derives every id from the user message
 (run ``run-{message}``), so a redelivered message republishes the same dedupe ids.
 """
 
@@ -12,11 +12,10 @@ import signal
 
 import orjson
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from shared import agent, subjects, wire
+from shared import agent
 from shared.errors import InvalidId
+from shared.inbox import UserMessage
 from shared.settings import Env
 
 log = structlog.get_logger(__name__)
@@ -43,10 +42,14 @@ async def answer(
 ) -> None:
     session = client.session(session_id)
     async with session.run(f"run-{message_id}", reply_to=message_id) as run:
-        message = run.message(f"reply-{message_id}", coalesce_ms=0)
+        message = run.message(f"reply-{message_id}", coalesce_ms=0, resume="continue")
         await message.start()
+        answer_text = ""
         for token in tokens_of(REPLY.format(text=text[:200])):
-            await message.append(token)
+            if run.cancelled.is_set():
+                break
+            answer_text += token
+            await message.extend_to(answer_text)
             await asyncio.sleep(1.0 / tokens_per_second)
         await message.complete()
 
@@ -55,58 +58,44 @@ async def run_demo_agent(env: Env | None = None) -> None:
     env = env or Env()
     rate = env.number("TETHER_DEMO_TOKENS_PER_SECOND", 25.0, minimum=0.1)
     client = await agent.connect()
-    js = client.nc.jetstream()
-    stream = client.log_settings.stream
-    await js.add_consumer(
-        stream,
-        ConsumerConfig(
-            durable_name=DURABLE,
-            filter_subject=f"{subjects.LOG_ROOT}.*.{subjects.USER}.*",
-            deliver_policy=DeliverPolicy.NEW,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=120,
-            max_deliver=3,
-            max_ack_pending=CONCURRENCY,
-        ),
-    )
-    sub = await js.pull_subscribe_bind(DURABLE, stream)
+    inbox = client.inbox(DURABLE, batch=CONCURRENCY)
+    await inbox.open()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(orjson.dumps({"event": "ready", "service": "demo-agent"}).decode(), flush=True)
-    log.info("demo_agent_ready", stream=stream)
+    log.info("demo_agent_ready", durable=DURABLE)
     running: set[asyncio.Task[None]] = set()
+    slots = asyncio.Semaphore(CONCURRENCY)
 
-    async def handle(msg: object) -> None:
-        data = getattr(msg, "data", b"")
-        event = wire.decode_event(data)
-        parsed = subjects.parse(getattr(msg, "subject", ""))
+    async def handle(item: UserMessage) -> None:
         try:
-            if (
-                event is not None
-                and parsed is not None
-                and event.get("type") == wire.MESSAGE_CREATED
-                and isinstance(event.get("text"), str)
-            ):
-                await answer(client, parsed.session, parsed.key, event["text"], rate)
+            await answer(client, item.session, item.message, item.text, rate)
         except InvalidId:
-            log.warning("demo_agent_skipped", subject=getattr(msg, "subject", ""))
+            log.warning("demo_agent_skipped", session=item.session, message=item.message)
         except Exception as exc:  # noqa: BLE001 - one bad message must not stop the agent
             log.warning("demo_agent_answer_failed", error=repr(exc))
-        await msg.ack()  # type: ignore[attr-defined]
+        finally:
+            slots.release()
+        await item.ack()
 
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(CONCURRENCY - len(running) or 1, timeout=1.0)
-        except (TimeoutError, NatsTimeoutError):
-            continue
-        for msg in msgs:
-            task = asyncio.create_task(handle(msg))
+    async def consume() -> None:
+        async for item in inbox:
+            if not isinstance(item, UserMessage):
+                await item.ack()  # cancel / steer reach a running answer live
+                continue
+            await slots.acquire()
+            task = asyncio.create_task(handle(item))
             running.add(task)
             task.add_done_callback(running.discard)
+
+    consumer = asyncio.create_task(consume())
+    await stop.wait()
+    await inbox.close()
+    consumer.cancel()
+    await asyncio.gather(consumer, return_exceptions=True)
     log.info("demo_agent_stopping", in_flight=len(running))
     if running:
         await asyncio.wait(running, timeout=10.0)
-    await sub.unsubscribe()
     await client.close()

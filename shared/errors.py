@@ -82,6 +82,20 @@ class Unavailable(ClientError):
     ws_close_code = 1011
 
 
+class UnknownRun(ClientError):
+    """A control signal names a run the session has no events of."""
+
+    code = "unknown_run"
+    http_status = 404
+
+
+class RunEnded(ClientError):
+    """A control signal names a run that already ended (completed, failed or cancelled)."""
+
+    code = "run_ended"
+    http_status = 409
+
+
 class ServerNotReady(TetherError):
     """The embedded nats-server did not report readiness."""
 

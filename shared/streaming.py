@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from shared import subjects, wire
+from shared import directget, subjects, wire
 from shared.errors import PublishError, TetherError
 
 if TYPE_CHECKING:
@@ -14,6 +14,34 @@ if TYPE_CHECKING:
 # A streaming message stores a checkpoint (its text so far, rolling its subject up) every
 # this many chunks, so a device that reconnects mid-answer reads at most this many deltas.
 DEFAULT_CHECKPOINT_CHUNKS = 256
+RESUME_MODES = ("continue", "reset")
+
+
+class Stored:
+    """What the log holds of one agent message: its text, last chunk index, completeness."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.last_i = -1
+        self.events = 0
+        self.complete = False
+
+    def apply(self, event: wire.Event) -> None:
+        kind, text, index = event.get("type"), event.get("text"), event.get("i")
+        self.events += 1
+        if isinstance(index, int):
+            self.last_i = max(self.last_i, index)
+        if not isinstance(text, str):
+            return
+        if kind == wire.MESSAGE_DELTA:
+            self.text += text
+        elif kind in (wire.MESSAGE_RESET, wire.MESSAGE_SNAPSHOT, wire.MESSAGE_CREATED):
+            self.text = text
+        elif kind in (wire.MESSAGE_COMPLETE, wire.MESSAGE_EDIT):
+            self.text, self.complete = text, True
+            chunks = event.get("chunks")
+            if isinstance(chunks, int):
+                self.last_i = max(self.last_i, chunks - 1)
 
 
 class Message:
@@ -27,7 +55,13 @@ class Message:
         coalesce_ms: float,
         *,
         checkpoint_every: int = DEFAULT_CHECKPOINT_CHUNKS,
+        resume: str | None = None,
     ) -> None:
+        if resume is not None and resume not in RESUME_MODES:
+            raise ValueError(f"resume must be one of {RESUME_MODES}, not {resume!r}")
+        self.resume = resume
+        self.stored_text = ""  # what the log held when a resumed message started
+        self.resumed_complete = False  # the log already holds the final form
         self.session = session
         self.run_id = run_id
         self.id = message_id
@@ -55,13 +89,62 @@ class Message:
         event = self.session._event(
             wire.MESSAGE_START, message=self.id, run=self.run_id, role="agent", data=data or None
         )
-        return await self.session._publish(self.subject, event, self._dedupe("start"))
+        seq = await self.session._publish(self.subject, event, self._dedupe("start"))
+        if self.resume is not None:
+            await self._resume()
+        return seq
+
+    async def read_stored(self) -> Stored:
+        """Read what the log holds of this message (checkpoint and deltas, or final form)."""
+        stored = Stored()
+
+        def handle(seq: int, headers: dict[str, str], data: bytes) -> bool:
+            event = wire.decode_event(data)
+            if event is not None:
+                stored.apply(event)
+            return True
+
+        client = self.session.client
+        await directget.scan(client.nc, client.log_settings.stream, self.subject, 0, handle)
+        return stored
+
+    async def _resume(self) -> None:
+        stored = await self.read_stored()
+        self.stored_text = stored.text
+        if stored.complete:
+            self.resumed_complete, self.completed, self.text = True, True, stored.text
+            return
+        self.chunks = stored.last_i + 1
+        self._checkpointed_at = self.chunks
+        if self.resume == "continue":
+            self.text = stored.text
+        elif self.chunks > 0:
+            await self.reset("")
+
+    async def extend_to(self, text: str) -> None:
+        """Bring the message to ``text`` (the whole answer so far): append only what is not
+        stored yet, or reset to it when it no longer starts with what is stored."""
+        if self.resumed_complete:
+            return
+        if not self.started:
+            await self.start()
+        await self.flush()
+        if self.text.startswith(text):
+            return  # already stored (a retry regenerating the same answer)
+        if text.startswith(self.text):
+            await self.append(text[len(self.text) :])
+        else:
+            await self.reset(text)
 
     async def append(self, delta: str) -> None:
         """Add text; published at once (window 0) or at the end of the coalescing window."""
+        if self.resumed_complete:
+            return
         self._check()
         if not self.started:
             await self.start()
+            if self.resumed_complete:
+                return
         if not delta:
             return
         self._buffer.append(delta)
@@ -122,6 +205,8 @@ class Message:
 
     async def reset(self, text: str = "") -> None:
         """Replace everything streamed so far with ``text``; devices replace, not append."""
+        if self.resumed_complete:
+            return
         self._check()
         await self.flush()
         async with self._lock:
@@ -134,12 +219,16 @@ class Message:
 
     async def complete(self, **data: Any) -> int:
         """Publish the full text as ``message.complete``; the stored deltas are rolled up."""
+        if self.resumed_complete:
+            return 0
         self._check()
         if self._flush_task is not None:
             self._flush_task.cancel()
             self._flush_task = None
         if not self.started:
             await self.start()
+            if self.resumed_complete:
+                return 0
         await self.flush()
         self.completed = True
         event = self.session._event(

@@ -5,6 +5,7 @@ Session log subjects (stored in the session stream)::
     tether.s.{session}.u.{message}   user messages and their edits / deletes
     tether.s.{session}.a.{message}   agent messages: start, delta, complete, reset, edit, delete
     tether.s.{session}.r.{run}       run lifecycle: started, progress, completed, failed, cancelled
+    tether.s.{session}.c.{control}   control signals from devices: cancel, steer
 
 The stream republishes each stored message to ``tether.live.{...}`` (same tail) with the
 ``Nats-Sequence`` header; gateways subscribe there for live fan-out.
@@ -29,7 +30,8 @@ DEFAULT_STREAM = "TETHER_SESSIONS"
 USER = "u"
 AGENT = "a"
 RUN = "r"
-KINDS = (USER, AGENT, RUN)
+CONTROL = "c"
+KINDS = (USER, AGENT, RUN, CONTROL)
 
 # Headers of the wire contract.
 MSG_ID = "Nats-Msg-Id"
@@ -71,6 +73,20 @@ def message(session: str, message_id: str, role: str) -> str:
 
 def run_events(session: str, run: str) -> str:
     return f"{LOG_ROOT}.{check_id(session)}.{RUN}.{check_id(run, 'run id')}"
+
+
+def control(session: str, control_id: str) -> str:
+    """The stored subject of one control signal (cancel or steer)."""
+    return f"{LOG_ROOT}.{check_id(session)}.{CONTROL}.{check_id(control_id, 'control id')}"
+
+
+def live_control(session: str) -> str:
+    """The republished control signals of one session (agents learn of them at once)."""
+    return f"{LIVE_ROOT}.{check_id(session)}.{CONTROL}.*"
+
+
+# What an agent's inbox consumer reads: every session's user messages and control signals.
+INBOX_FILTERS = (f"{LOG_ROOT}.*.{USER}.*", f"{LOG_ROOT}.*.{CONTROL}.*")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,11 @@ RUN_PROGRESS: Final = "run.progress"
 RUN_COMPLETED: Final = "run.completed"
 RUN_FAILED: Final = "run.failed"
 RUN_CANCELLED: Final = "run.cancelled"
+# Control signals from devices, stored on ``tether.s.{session}.c.{control}``.
+CONTROL_CANCEL: Final = "control.cancel"
+CONTROL_STEER: Final = "control.steer"
+CONTROL_TYPES: Final = frozenset({CONTROL_CANCEL, CONTROL_STEER})
+RUN_TERMINAL_TYPES: Final = frozenset({"run.completed", "run.failed", "run.cancelled"})
 # A streaming message's text so far: produced by the gateway's replay compaction, and
 # stored by agents as a checkpoint (with Nats-Rollup: sub) every N chunks.
 MESSAGE_SNAPSHOT: Final = "message.snapshot"
@@ -79,7 +84,7 @@ def decode_event(data: bytes) -> Event | None:
 def msg_id(session: str, kind: str, key: str, part: str) -> str:
     """The deterministic ``Nats-Msg-Id`` for one publish: ``{session}:{kind}:{key}:{part}``.
 
-    ``kind`` is the subject kind (``u``, ``a`` or ``r``), so a user message and an agent
+    ``kind`` is the subject kind (``u``, ``a``, ``r`` or ``c``), so a user message and an agent
     message that happen to share an id never dedupe against each other.
     """
     return f"{session}:{kind}:{key}:{part}"

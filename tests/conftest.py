@@ -204,3 +204,21 @@ def presence_process(
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def agent_proc(nats_server: EmbeddedNats) -> Iterator[Callable[..., Awaitable[ServiceProcess]]]:
+    """Factory of real agent subprocesses (``module``, argv, env); stopped after the test."""
+    started: list[ServiceProcess] = []
+
+    async def start(module: str, *args: str, **env: str) -> ServiceProcess:
+        # In a thread: waiting for readiness must not stall this test's event loop.
+        process = await asyncio.to_thread(
+            ServiceProcess, list(args), nats_server, env, module=module
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

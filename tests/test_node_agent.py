@@ -14,8 +14,10 @@ import orjson
 import pytest
 
 from services.gateway.app import Gateway
+from shared import agent
 from shared.ids import new_id
 from shared.server import EmbeddedNats
+from shared.settings import LogSettings
 from tests.conftest import ROOT, token, wait_for
 from tests.device import Device, View
 
@@ -139,3 +141,41 @@ async def test_node_agent_rerun_is_deduplicated(
     assert device.view.texts == {"run-again-m1": "same answer twice"}
     assert device.view.others == [("run.started", "run-again"), ("run.completed", "run-again")]
     await device.close()
+
+
+async def test_node_agent_answers_its_inbox(
+    node_agent: Path, nats_server: EmbeddedNats, gateway: Gateway
+) -> None:
+    """A Node agent in --inbox mode answers a device's messages from its durable consumer."""
+    sid, durable = new_id("s-"), new_id("node-inbox-")
+    process = await asyncio.create_subprocess_exec(
+        shutil.which("node") or "node",
+        str(node_agent),
+        "--inbox",
+        cwd=ROOT,
+        env={**os.environ, **nats_server.client_env(), "INBOX": durable, "COUNT": "3"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    ready = await asyncio.wait_for(process.stdout.readline(), 30)
+    assert orjson.loads(ready) == {"ready": True, "durable": durable}
+    device = Device(sid, token([sid], subject="alice"))
+    await device.connect(f"http://127.0.0.1:{gateway.port}")
+    for n in range(3):
+        await device.send({"type": "send", "id": f"q-{n}", "text": f"hi {n}"})
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, f"node agent failed:\n{stdout.decode()}\n{stderr.decode()}"
+    lines = [orjson.loads(line) for line in stdout.splitlines() if line.startswith(b"{")]
+    assert [line["answered"] for line in lines if "answered" in line] == ["q-0", "q-1", "q-2"]
+    await wait_for(
+        lambda: all(("run.completed", f"run-q-{n}") in device.view.others for n in range(3)),
+        what="three runs completed",
+    )
+    assert {f"reply-q-{n}": device.view.texts[f"reply-q-{n}"] for n in range(3)} == {
+        f"reply-q-{n}": f"node echo: hi {n}" for n in range(3)
+    }
+    await device.close()
+    client = await agent.connect(nats_server.settings("cleanup"), log_settings=LogSettings())
+    await client.nc.jetstream().delete_consumer(client.log_settings.stream, durable)
+    await client.close()

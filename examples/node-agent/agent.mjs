@@ -7,8 +7,21 @@
 // Optional: RUN (run id), MESSAGE (message id), CHUNKS (number of deltas, default 4),
 // TTL_SECONDS (per-session retention, sent as Nats-TTL). Prints one JSON line per PubAck
 // on stdout and a final {"done": ...} line; exits non-zero on any error.
+//
+// Inbox mode (protocol.md, "The durable inbox"): `node agent.mjs --inbox` reads the user
+// messages of every session from the durable pull consumer INBOX (default
+// tether-inbox-node-agent, created if absent with deliver policy "new") and answers each
+// with run `run-{message}`, message `reply-{message}`, text `node echo: {text}`; acks
+// after run.completed. Stops after COUNT answers (default: never). Prints {"ready": true}
+// once the consumer is bound and {"answered": ...} per answer.
 import { connect, errors, headers } from "@nats-io/transport-node";
-import { JetStreamApiError, jetstream } from "@nats-io/jetstream";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  JetStreamApiError,
+  jetstream,
+  jetstreamManager,
+} from "@nats-io/jetstream";
 
 const ID = /^[A-Za-z0-9_-]{1,128}$/; // protocol.md, "Ids"
 const ATTEMPTS = 5;
@@ -42,16 +55,10 @@ function split(text, n) {
   return chunks;
 }
 
-const session = checkId(env("SESSION"), "session id");
-const runId = checkId(env("RUN", randomId("run-")), "run id");
-const messageId = checkId(env("MESSAGE", `${runId}-m1`), "message id");
-const text = env("TEXT");
+const inboxMode = process.argv.includes("--inbox");
 const chunkCount = Number.parseInt(env("CHUNKS", "4"), 10);
 const ttlSeconds = env("TTL_SECONDS", "");
 if (!(chunkCount >= 1)) throw new Error("CHUNKS must be a positive integer");
-
-const runSubject = `tether.s.${session}.r.${runId}`;
-const messageSubject = `tether.s.${session}.a.${messageId}`;
 
 const servers = env("TETHER_NATS_URL", "nats://127.0.0.1:4222").split(",").map((s) => s.trim());
 const user = env("TETHER_NATS_USER", "");
@@ -63,7 +70,7 @@ const nc = await connect({
 const js = jetstream(nc);
 
 /** The envelope every stored event carries (protocol.md, "The event envelope"). */
-function envelope(type, fields) {
+function envelope(session, type, fields) {
   return { v: 1, type, session, ts: Date.now(), ...fields };
 }
 
@@ -96,23 +103,26 @@ async function publish(subject, event, msgId, { rollup = false } = {}) {
   }
 }
 
-try {
+/** Stream one answer: run.started, message.start, deltas, message.complete, run.completed. */
+async function answer(session, runId, messageId, text, { resendFirst = false } = {}) {
+  const runSubject = `tether.s.${session}.r.${runId}`;
+  const messageSubject = `tether.s.${session}.a.${messageId}`;
   await publish(
     runSubject,
-    envelope("run.started", { run: runId, data: { agent: "node" } }),
+    envelope(session, "run.started", { run: runId, data: { agent: "node" } }),
     `${session}:r:${runId}:started`,
   );
   await publish(
     messageSubject,
-    envelope("message.start", { message: messageId, run: runId, role: "agent" }),
+    envelope(session, "message.start", { message: messageId, run: runId, role: "agent" }),
     `${session}:a:${messageId}:start`,
   );
   const chunks = split(text, chunkCount);
   const acks = [];
   for (const [i, chunk] of chunks.entries()) {
-    const delta = envelope("message.delta", { message: messageId, i, text: chunk });
+    const delta = envelope(session, "message.delta", { message: messageId, i, text: chunk });
     acks.push(await publish(messageSubject, delta, `${session}:a:${messageId}:${i}`));
-    if (i === 0) {
+    if (i === 0 && resendFirst) {
       // A retry of the same chunk (same Nats-Msg-Id): JetStream stores it once and answers
       // with the first copy's sequence and duplicate: true.
       const again = await publish(messageSubject, delta, `${session}:a:${messageId}:${i}`);
@@ -123,7 +133,7 @@ try {
   }
   await publish(
     messageSubject,
-    envelope("message.complete", {
+    envelope(session, "message.complete", {
       message: messageId,
       run: runId,
       role: "agent",
@@ -133,12 +143,65 @@ try {
     `${session}:a:${messageId}:complete`,
     { rollup: true },
   );
-  const end = await publish(
+  return await publish(
     runSubject,
-    envelope("run.completed", { run: runId }),
+    envelope(session, "run.completed", { run: runId }),
     `${session}:r:${runId}:end`,
   );
-  console.log(JSON.stringify({ done: true, session, run: runId, message: messageId, seq: end.seq }));
+}
+
+/** Inbox mode: answer user messages from the durable consumer (protocol.md §17). */
+async function serveInbox() {
+  const stream = env("TETHER_STREAM", "TETHER_SESSIONS");
+  const durable = checkId(env("INBOX", "tether-inbox-node-agent"), "durable name");
+  const count = Number.parseInt(env("COUNT", "0"), 10);
+  const jsm = await jetstreamManager(nc);
+  try {
+    await jsm.consumers.info(stream, durable);
+  } catch {
+    await jsm.consumers.add(stream, {
+      durable_name: durable,
+      filter_subjects: ["tether.s.*.u.*", "tether.s.*.c.*"],
+      deliver_policy: DeliverPolicy.New,
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: 120_000_000_000,
+      max_deliver: 5,
+    });
+  }
+  const consumer = await js.consumers.get(stream, durable);
+  const messages = await consumer.consume({ max_messages: 16 });
+  console.log(JSON.stringify({ ready: true, durable }));
+  let answered = 0;
+  for await (const m of messages) {
+    const [, , session, kind, key] = m.subject.split(".");
+    let event = null;
+    try {
+      event = m.json();
+    } catch {
+      event = null; // not JSON: nothing to answer
+    }
+    if (kind === "u" && event?.type === "message.created" && typeof event.text === "string") {
+      await answer(session, `run-${key}`, `reply-${key}`, `node echo: ${event.text}`);
+      answered += 1;
+      console.log(JSON.stringify({ answered: key, session }));
+    }
+    m.ack();
+    if (count > 0 && answered >= count) break;
+  }
+}
+
+try {
+  if (inboxMode) {
+    await serveInbox();
+  } else {
+    const session = checkId(env("SESSION"), "session id");
+    const runId = checkId(env("RUN", randomId("run-")), "run id");
+    const messageId = checkId(env("MESSAGE", `${runId}-m1`), "message id");
+    const end = await answer(session, runId, messageId, env("TEXT"), { resendFirst: true });
+    console.log(
+      JSON.stringify({ done: true, session, run: runId, message: messageId, seq: end.seq }),
+    );
+  }
 } finally {
   await nc.drain();
 }

@@ -92,6 +92,7 @@ class Gateway:
         app.router.add_get("/v1/sessions/{session}/ws", partial(ws.handle, self))
         app.router.add_get("/v1/sessions/{session}/events", partial(http.events, self))
         app.router.add_post("/v1/sessions/{session}/messages", partial(http.post_message, self))
+        app.router.add_post("/v1/sessions/{session}/control", partial(http.post_control, self))
         app.router.add_get("/v1/sessions/{session}/presence", partial(http.get_presence, self))
         app.router.add_get("/healthz", partial(http.healthz, self))
         admin.add_routes(app, self)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from services.gateway import replay
+from services.gateway import control, replay
 from services.gateway.messages import publish_user_message
 from services.gateway.ws import MAX_TEXT, parse_since
 from shared import presence, subjects, wire
@@ -96,6 +96,30 @@ async def post_message(gateway: Gateway, request: web.Request) -> web.Response:
     gateway.counters["messages_in"] += 1
     return json_response(
         {"id": stored.message, "seq": stored.seq, "duplicate": stored.duplicate},
+        status=200 if stored.duplicate else 201,
+    )
+
+
+async def post_control(gateway: Gateway, request: web.Request) -> web.Response:
+    """``POST /v1/sessions/{id}/control`` with ``{"action": "cancel"|"steer", ...}``."""
+    try:
+        session = check_id(request.match_info["session"])
+        claims = gateway.authenticate(request)
+        claims.require(session)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = gateway.settings.max_frame_bytes
+            raise FrameTooLarge(f"request body is larger than {limit} bytes") from None
+        frame = wire.parse_json_object(body, "request body")
+        stored = await control.publish_control(
+            gateway.nc, gateway.settings.log.stream, session, frame, claims.subject
+        )
+    except ClientError as error:
+        return error_response(error)
+    gateway.counters["controls_in"] += 1
+    return json_response(
+        {"id": stored.control, "seq": stored.seq, "duplicate": stored.duplicate},
         status=200 if stored.duplicate else 201,
     )
 

@@ -3,7 +3,8 @@
 Order of a connection: check the session id and token (errors close with a documented
 code after an ``error`` frame), join the session's hub (live subscription first), send
 ``hello``, replay compacted history after ``since``, send ``caught_up``, then live
-events. Client frames: ``send`` and ``ping``; anything else gets an ``error`` frame.
+events. Client frames: ``send``, ``cancel``, ``steer`` and ``ping``; anything else gets
+an ``error`` frame.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
-from services.gateway import replay
+from services.gateway import control, replay
 from services.gateway.cursors import CursorWriter
 from services.gateway.device import Device, slow_client_error
 from services.gateway.hub import SessionHub
@@ -225,8 +226,12 @@ class Connection:
                 self.device.push(orjson.dumps({"type": "pong", "id": ref}))
             elif kind == "send":
                 await self._on_send(frame)
+            elif kind in ("cancel", "steer"):
+                await self._on_control(frame)
             else:
-                raise BadFrame(f"unknown frame type {str(kind)[:40]!r}; expected send or ping")
+                raise BadFrame(
+                    f"unknown frame type {str(kind)[:40]!r}; expected send, cancel, steer or ping"
+                )
         except ClientError as error:
             self._error(error, id=ref)
 
@@ -241,5 +246,25 @@ class Connection:
         self.device.push(
             orjson.dumps(
                 {"type": "ack", "id": message_id, "seq": stored.seq, "duplicate": stored.duplicate}
+            )
+        )
+
+    async def _on_control(self, frame: dict[str, object]) -> None:
+        stored = await control.publish_control(
+            self.gateway.nc,
+            self.gateway.settings.log.stream,
+            self.session,
+            frame,
+            self.claims.subject,
+        )
+        self.gateway.counters["controls_in"] += 1
+        self.device.push(
+            orjson.dumps(
+                {
+                    "type": "ack",
+                    "id": stored.control,
+                    "seq": stored.seq,
+                    "duplicate": stored.duplicate,
+                }
             )
         )

@@ -1,0 +1,191 @@
+"""An agent's durable inbox: the user messages and control signals of every session.
+
+    async for item in client.inbox():
+        if isinstance(item, UserMessage):
+            ...answer item.text in item.session...
+        await item.ack()
+
+One durable JetStream pull consumer (default name ``tether-inbox-{agent_id}``) on the
+session stream, filtered to ``tether.s.*.u.*`` and ``tether.s.*.c.*``, explicit acks. It
+lives on the server, so what users send while every worker is down is delivered when one
+comes back. Workers of a pool open the same durable: each stored message goes to one
+worker at a time; an item not acked within ``ack_wait`` (a crashed worker) is redelivered
+to any worker, up to ``max_deliver`` times. Items come in stream order (so in order per
+session) to one worker; with several workers, or when a worker handles items
+concurrently, two items of one session can be in progress at once (docs/protocol.md §17).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from shared import subjects, wire
+from shared.ids import check_id
+from shared.runcontrol import Signal, signal_of
+
+if TYPE_CHECKING:
+    from nats.js.client import JetStreamContext
+
+    from shared.agent import Client
+
+log = structlog.get_logger(__name__)
+
+DELIVER = {"new": DeliverPolicy.NEW, "all": DeliverPolicy.ALL}
+
+
+@dataclass(slots=True)
+class InboxItem:
+    """One stored event for the agent: its session, stream sequence and event."""
+
+    session: str
+    seq: int
+    event: wire.Event
+    msg: Msg
+    deliveries: int
+
+    async def ack(self) -> None:
+        """Done with it: it is not delivered again."""
+        await self.msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Not handled: deliver it again (to any worker), after ``delay`` seconds."""
+        await self.msg.nak(delay=delay)
+
+    async def in_progress(self) -> None:
+        """Still working on it: restart the ack timer."""
+        await self.msg.in_progress()
+
+
+@dataclass(slots=True)
+class UserMessage(InboxItem):
+    """A user's message (``message.created`` on ``tether.s.{session}.u.{message}``)."""
+
+    message: str = ""
+    text: str = ""
+    participant: str | None = None
+
+
+@dataclass(slots=True)
+class Cancel(InboxItem):
+    """A device cancelled a run of the session (``signal.run`` None: the active run)."""
+
+    signal: Signal | None = None
+
+
+@dataclass(slots=True)
+class Steer(InboxItem):
+    """A device sent an extra instruction (``signal.text``) for a run of the session."""
+
+    signal: Signal | None = None
+
+
+class Inbox:
+    """The durable consumer of one agent (or pool); iterate it with ``async for``."""
+
+    def __init__(
+        self,
+        client: Client,
+        durable: str | None = None,
+        *,
+        deliver: str = "new",
+        ack_wait: float = 120.0,
+        max_deliver: int = 5,
+        batch: int = 16,
+        max_ack_pending: int | None = None,
+    ) -> None:
+        if deliver not in DELIVER:
+            raise ValueError(f"deliver must be one of {sorted(DELIVER)}, not {deliver!r}")
+        self.client = client
+        self.durable = check_id(durable or f"tether-inbox-{client.agent_id}", "durable name")
+        self.deliver = deliver
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self.batch = batch
+        self.max_ack_pending = max_ack_pending
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        """Create the durable (first start) or bind to it (restart, other workers)."""
+        if self._sub is not None:
+            return
+        js = self.client.nc.jetstream()
+        stream = self.client.log_settings.stream
+        try:
+            await js.consumer_info(stream, self.durable)
+        except NotFoundError:  # the first start: create it (a racing worker's copy is equal)
+            await js.add_consumer(
+                stream,
+                ConsumerConfig(
+                    durable_name=self.durable,
+                    filter_subjects=list(subjects.INBOX_FILTERS),
+                    deliver_policy=DELIVER[self.deliver],
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=self.ack_wait,
+                    max_deliver=self.max_deliver,
+                    max_ack_pending=self.max_ack_pending,
+                ),
+            )
+        self._sub = await js.pull_subscribe_bind(self.durable, stream)
+        log.info("inbox_open", durable=self.durable, stream=stream)
+
+    async def close(self) -> None:
+        """Stop iterating (after the current fetch) and drop the subscription."""
+        self._closed = True
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            await sub.unsubscribe()
+
+    async def __aiter__(self) -> AsyncIterator[InboxItem]:
+        await self.open()
+        while not self._closed and self._sub is not None:
+            try:
+                msgs = await self._sub.fetch(self.batch, timeout=1.0)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            for msg in msgs:
+                item = self._item(msg)
+                if item is None:
+                    await msg.ack()  # edits, deletes and malformed events need no answer
+                    continue
+                yield item
+
+    def _item(self, msg: Msg) -> InboxItem | None:
+        parsed = subjects.parse(msg.subject)
+        event = wire.decode_event(msg.data)
+        if parsed is None or event is None:
+            log.warning("inbox_malformed", subject=msg.subject)
+            return None
+        meta = msg.metadata
+        common: dict[str, Any] = {
+            "session": parsed.session,
+            "seq": int(meta.sequence.stream),
+            "event": event,
+            "msg": msg,
+            "deliveries": int(meta.num_delivered),
+        }
+        if parsed.kind == subjects.USER:
+            text = event.get("text")
+            if event.get("type") != wire.MESSAGE_CREATED or not isinstance(text, str):
+                return None
+            who = event.get("participant")
+            return UserMessage(
+                **common,
+                message=parsed.key,
+                text=text,
+                participant=who if isinstance(who, str) else None,
+            )
+        signal = signal_of(event, common["seq"])
+        if signal is None:
+            return None
+        if signal.kind == wire.CONTROL_CANCEL:
+            return Cancel(**common, signal=signal)
+        return Steer(**common, signal=signal)
