@@ -26,7 +26,8 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError
 
-from shared import natsconn, presence, subjects, wire
+from shared import approvals, natsconn, presence, subjects, wire
+from shared.approvals import Decision
 from shared.errors import PublishError
 from shared.ids import check_id, new_id
 from shared.inbox import Inbox
@@ -40,6 +41,7 @@ log = structlog.get_logger(__name__)
 
 PUBLISH_ATTEMPTS = 5
 PUBLISH_TIMEOUT = 2.0
+APPROVAL_POLL_SECONDS = 5.0  # re-read the log this often while waiting (live is at most once)
 
 
 class Client:
@@ -316,6 +318,7 @@ class Run:
         self.ended = False
         self._messages = 0
         self._progress = 0
+        self._approvals = 0
         self.control = RunControl(run_id, on_cancel)
 
     @property
@@ -378,6 +381,93 @@ class Run:
         seq = await self._lifecycle(wire.RUN_CANCELLED, "end", reason=reason or None)
         await self.session.set_state("idle")
         return seq
+
+    async def request_approval(
+        self,
+        prompt: str,
+        options: list[str],
+        *,
+        timeout: float | None = None,
+        approval_id: str | None = None,
+    ) -> Decision:
+        """Ask the session's users to choose one of ``options``; wait for the first answer.
+
+        Stores ``approval.requested`` (id ``{run}-a{n}`` unless given, so a retried agent
+        reuses it) and returns the stored ``approval.decided`` as a Decision. After
+        ``timeout`` seconds (None: no expiry) it stores ``approval.expired`` and returns
+        ``Decision(expired=True, option=None)``, unless an answer was stored first, which
+        it then returns; a cancel of the run while waiting expires it at once. A retried
+        agent whose approval is already resolved gets that resolution at once.
+        """
+        items = approvals.check_options(options)
+        if not isinstance(prompt, str):
+            raise ValueError("prompt must be a string")
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive (or None: no expiry)")
+        self._approvals += 1
+        aid = (
+            check_id(approval_id, "approval id") if approval_id else f"{self.id}-a{self._approvals}"
+        )
+        s = self.session
+        nc, stream = s.client.nc, s.client.log_settings.stream
+        loop = asyncio.get_running_loop()
+        resolved: asyncio.Future[Decision] = loop.create_future()
+
+        async def on_msg(msg: Any) -> None:
+            event = wire.decode_event(msg.data)
+            if (
+                event is not None
+                and event["type"] in wire.APPROVAL_OUTCOME_TYPES
+                and event.get("approval") == aid
+                and not resolved.done()
+            ):
+                seq = int((msg.headers or {}).get(subjects.SEQUENCE, "0"))
+                resolved.set_result(approvals.decision_of(event, seq))
+
+        sub = await nc.subscribe(subjects.live_run(s.id, self.id), cb=on_msg)
+        try:
+            expires_at = wire.now_ms() + int(timeout * 1000) if timeout is not None else None
+            await self._lifecycle(
+                wire.APPROVAL_REQUESTED,
+                approvals.request_part(aid),
+                approval=aid,
+                prompt=prompt,
+                options=items,
+                expires_at=expires_at,
+            )
+            state = await approvals.read(nc, stream, s.id, self.id, aid)
+            stored = state.decision()
+            if stored is not None:  # a retried agent: already answered or expired
+                return stored
+            if state.expires_at is not None:  # a retried request keeps its first expiry
+                expires_at = state.expires_at
+            log.info("approval_requested", run=self.id, approval=aid, options=items)
+            cancelled = asyncio.ensure_future(self.control.cancelled.wait())
+            waiters: set[asyncio.Future[Any]] = {resolved, cancelled}
+            try:
+                while not cancelled.done():  # a cancelled run closes the approval at once
+                    left = None if expires_at is None else (expires_at - wire.now_ms()) / 1000
+                    if left is not None and left <= 0:
+                        break
+                    wait = (
+                        APPROVAL_POLL_SECONDS if left is None else min(left, APPROVAL_POLL_SECONDS)
+                    )
+                    await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                    if resolved.done():
+                        return resolved.result()
+                    stored = (await approvals.read(nc, stream, s.id, self.id, aid)).decision()
+                    if stored is not None:
+                        return stored
+            finally:
+                cancelled.cancel()
+            await self._lifecycle(wire.APPROVAL_EXPIRED, approvals.decision_part(aid), approval=aid)
+            # Whichever of decided / expired was stored first is the answer.
+            stored = (await approvals.read(nc, stream, s.id, self.id, aid)).decision()
+            if stored is None:
+                raise PublishError(f"approval {aid}: the stored resolution could not be read")
+            return stored
+        finally:
+            await sub.unsubscribe()
 
     def message(
         self,

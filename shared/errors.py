@@ -96,6 +96,26 @@ class RunEnded(ClientError):
     http_status = 409
 
 
+class UnknownApproval(ClientError):
+    """An answer names an approval the run has no ``approval.requested`` of."""
+
+    code = "unknown_approval"
+    http_status = 404
+
+
+class InvalidOption(ClientError):
+    """An answer's option is not one of the options the approval offered."""
+
+    code = "invalid_option"
+
+
+class ApprovalClosed(ClientError):
+    """An answer to an approval that was already decided, expired, or whose run ended."""
+
+    code = "approval_closed"
+    http_status = 409
+
+
 class ServerNotReady(TetherError):
     """The embedded nats-server did not report readiness."""
 

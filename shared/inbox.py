@@ -12,7 +12,7 @@ comes back. Workers of a pool open the same durable: each stored message goes to
 worker at a time; an item not acked within ``ack_wait`` (a crashed worker) is redelivered
 to any worker, up to ``max_deliver`` times. Items come in stream order (so in order per
 session) to one worker; with several workers, or when a worker handles items
-concurrently, two items of one session can be in progress at once (docs/protocol.md §17).
+concurrently, two items of one session can be in progress at once (docs/protocol.md §18).
 """
 
 from __future__ import annotations

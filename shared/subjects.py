@@ -4,7 +4,8 @@ Session log subjects (stored in the session stream)::
 
     tether.s.{session}.u.{message}   user messages and their edits / deletes
     tether.s.{session}.a.{message}   agent messages: start, delta, complete, reset, edit, delete
-    tether.s.{session}.r.{run}       run lifecycle: started, progress, completed, failed, cancelled
+    tether.s.{session}.r.{run}       run lifecycle: started, progress, completed, failed, cancelled;
+                                     approvals: requested, decided, expired
     tether.s.{session}.c.{control}   control signals from devices: cancel, steer
 
 The stream republishes each stored message to ``tether.live.{...}`` (same tail) with the
@@ -73,6 +74,11 @@ def message(session: str, message_id: str, role: str) -> str:
 
 def run_events(session: str, run: str) -> str:
     return f"{LOG_ROOT}.{check_id(session)}.{RUN}.{check_id(run, 'run id')}"
+
+
+def live_run(session: str, run: str) -> str:
+    """The republished events of one run (an agent waiting for an approval's decision)."""
+    return f"{LIVE_ROOT}.{check_id(session)}.{RUN}.{check_id(run, 'run id')}"
 
 
 def control(session: str, control_id: str) -> str:

@@ -33,7 +33,7 @@ from shared.ids import check_id, new_id
 from shared.settings import Secret
 from shared.wire import now_ms
 
-APPROVAL_REQUESTED = "approval.requested"  # accepted in subscriptions; not emitted yet
+APPROVAL_REQUESTED = "approval.requested"  # stored by Run.request_approval
 EVENT_TYPES = ("run.completed", "run.failed", APPROVAL_REQUESTED)
 SECRET_PREFIX = "whsec_"
 NANOS = 1_000_000_000

@@ -35,6 +35,11 @@ CONTROL_CANCEL: Final = "control.cancel"
 CONTROL_STEER: Final = "control.steer"
 CONTROL_TYPES: Final = frozenset({CONTROL_CANCEL, CONTROL_STEER})
 RUN_TERMINAL_TYPES: Final = frozenset({"run.completed", "run.failed", "run.cancelled"})
+# Human in the loop, stored on the run's subject ``tether.s.{session}.r.{run}`` (§17).
+APPROVAL_REQUESTED: Final = "approval.requested"  # by the agent: prompt and options
+APPROVAL_DECIDED: Final = "approval.decided"  # by the gateway: the first valid answer
+APPROVAL_EXPIRED: Final = "approval.expired"  # by the agent when nobody answered in time
+APPROVAL_OUTCOME_TYPES: Final = frozenset({APPROVAL_DECIDED, APPROVAL_EXPIRED})
 # A streaming message's text so far: produced by the gateway's replay compaction, and
 # stored by agents as a checkpoint (with Nats-Rollup: sub) every N chunks.
 MESSAGE_SNAPSHOT: Final = "message.snapshot"

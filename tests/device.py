@@ -22,6 +22,7 @@ class View:
     texts: dict[str, str] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     others: list[tuple[str, str]] = field(default_factory=list)  # (type, run) of run events
+    approvals: list[dict[str, Any]] = field(default_factory=list)  # approval.* events, in order
     seqs: list[int] = field(default_factory=list)
     position: int = 0
     epoch: str | None = None
@@ -46,6 +47,7 @@ class View:
                 self.texts.clear()
                 self.deleted.clear()
                 self.others.clear()
+                self.approvals.clear()
                 self.position = 0
         elif kind == "event":
             seq = frame["seq"]
@@ -95,6 +97,8 @@ class View:
             self.deleted.add(mid)
         else:
             self.others.append((etype, event.get("run", "")))
+            if etype.startswith("approval."):
+                self.approvals.append(event)
 
 
 class Device:

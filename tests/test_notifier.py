@@ -641,3 +641,46 @@ async def test_approval_request_reaches_an_offline_user(
         "alice",
         "r1",
     )
+
+
+async def test_sdk_approval_is_pushed_and_answered(
+    admin_gateway: Gateway, bot: agent.Client, receiver: Receiver, notifier: Start
+) -> None:
+    """run.request_approval reaches an offline user by webhook; their answer resumes the run."""
+    sid = new_id("s-")
+    await subscribe(
+        admin_gateway, receiver.url, events=["approval.requested"], filter={"user": "alice"}
+    )
+    await notifier()
+
+    async def ask() -> str | None:
+        async with bot.session(sid).run("run-p", user="alice") as run:
+            decision = await run.request_approval("Send the refund?", ["yes", "no"], timeout=60)
+        return decision.option
+
+    task = asyncio.create_task(ask())
+    await wait_for(lambda: len(receiver.requests) == 1, what="approval webhook")
+    payload = receiver.requests[0].payload
+    assert payload == {
+        **payload,
+        "type": "approval.requested",
+        "user": "alice",
+        "run": "run-p",
+        "approval": "run-p-a1",
+        "prompt": "Send the refund?",
+        "options": ["yes", "no"],
+    }
+    assert isinstance(payload["expires_at"], int)
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            f"http://127.0.0.1:{admin_gateway.port}/v1/sessions/{sid}/control",
+            json={
+                "action": "approve",
+                "approval": payload["approval"],
+                "run": "run-p",
+                "option": payload["options"][0],
+            },
+            headers={"Authorization": f"Bearer {token([sid], subject='alice')}"},
+        )
+        assert response.status == 201
+    assert await asyncio.wait_for(task, 10) == "yes"

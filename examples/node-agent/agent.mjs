@@ -150,7 +150,7 @@ async function answer(session, runId, messageId, text, { resendFirst = false } =
   );
 }
 
-/** Inbox mode: answer user messages from the durable consumer (protocol.md §17). */
+/** Inbox mode: answer user messages from the durable consumer (protocol.md §18). */
 async function serveInbox() {
   const stream = env("TETHER_STREAM", "TETHER_SESSIONS");
   const durable = checkId(env("INBOX", "tether-inbox-node-agent"), "durable name");

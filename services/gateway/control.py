@@ -53,7 +53,7 @@ def parse(frame: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
     """(event type, run, steer text) of a ``cancel``/``steer`` frame or body."""
     action = frame.get("type", frame.get("action"))
     if action not in ACTIONS:
-        raise BadFrame("control action must be 'cancel' or 'steer'")
+        raise BadFrame("control action must be 'cancel', 'steer' or 'approve'")
     run = frame.get("run")
     run = check_id(run, "run id") if run is not None else None
     text = None

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from services.gateway import control, replay
+from services.gateway import approvals, control, replay
 from services.gateway.messages import publish_user_message
 from services.gateway.ws import MAX_TEXT, parse_since
 from shared import presence, subjects, wire
@@ -101,7 +101,7 @@ async def post_message(gateway: Gateway, request: web.Request) -> web.Response:
 
 
 async def post_control(gateway: Gateway, request: web.Request) -> web.Response:
-    """``POST /v1/sessions/{id}/control`` with ``{"action": "cancel"|"steer", ...}``."""
+    """``POST /v1/sessions/{id}/control`` with ``{"action": "cancel"|"steer"|"approve", ...}``."""
     try:
         session = check_id(request.match_info["session"])
         claims = gateway.authenticate(request)
@@ -112,6 +112,15 @@ async def post_control(gateway: Gateway, request: web.Request) -> web.Response:
             limit = gateway.settings.max_frame_bytes
             raise FrameTooLarge(f"request body is larger than {limit} bytes") from None
         frame = wire.parse_json_object(body, "request body")
+        if frame.get("action") == "approve":
+            answered = await approvals.answer(
+                gateway.nc, gateway.settings.log.stream, session, frame, claims.subject
+            )
+            gateway.counters["approvals_in"] += 1
+            return json_response(
+                {"approval": answered.approval, "option": answered.option, "seq": answered.seq},
+                status=201,
+            )
         stored = await control.publish_control(
             gateway.nc, gateway.settings.log.stream, session, frame, claims.subject
         )

@@ -3,8 +3,8 @@
 Order of a connection: check the session id and token (errors close with a documented
 code after an ``error`` frame), join the session's hub (live subscription first), send
 ``hello``, replay compacted history after ``since``, send ``caught_up``, then live
-events. Client frames: ``send``, ``cancel``, ``steer`` and ``ping``; anything else gets
-an ``error`` frame.
+events. Client frames: ``send``, ``cancel``, ``steer``, ``approve`` and ``ping``; anything
+else gets an ``error`` frame.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
-from services.gateway import control, replay
+from services.gateway import approvals, control, replay
 from services.gateway.cursors import CursorWriter
 from services.gateway.device import Device, slow_client_error
 from services.gateway.hub import SessionHub
@@ -228,9 +228,12 @@ class Connection:
                 await self._on_send(frame)
             elif kind in ("cancel", "steer"):
                 await self._on_control(frame)
+            elif kind == "approve":
+                await self._on_approve(frame, ref)
             else:
                 raise BadFrame(
-                    f"unknown frame type {str(kind)[:40]!r}; expected send, cancel, steer or ping"
+                    f"unknown frame type {str(kind)[:40]!r}; "
+                    "expected send, cancel, steer, approve or ping"
                 )
         except ClientError as error:
             self._error(error, id=ref)
@@ -265,6 +268,28 @@ class Connection:
                     "id": stored.control,
                     "seq": stored.seq,
                     "duplicate": stored.duplicate,
+                }
+            )
+        )
+
+    async def _on_approve(self, frame: dict[str, object], ref: str | None) -> None:
+        answered = await approvals.answer(
+            self.gateway.nc,
+            self.gateway.settings.log.stream,
+            self.session,
+            frame,
+            self.claims.subject,
+        )
+        self.gateway.counters["approvals_in"] += 1
+        self.device.push(
+            orjson.dumps(
+                {
+                    "type": "ack",
+                    "id": ref if ref is not None else answered.approval,
+                    "approval": answered.approval,
+                    "option": answered.option,
+                    "seq": answered.seq,
+                    "duplicate": False,
                 }
             )
         )

@@ -133,6 +133,10 @@ class Trigger:
         }
         if event.get("error"):
             payload["error"] = str(event["error"])[:SUMMARY_CHARS]
+        if event["type"] == webhooks.APPROVAL_REQUESTED:  # what the user is asked (§17)
+            for name in ("approval", "prompt", "options", "expires_at"):
+                if event.get(name) is not None:
+                    payload[name] = event[name]
         job = {"webhook_id": wid, "subscription": subscription.id, "payload": payload}
         await webhooks.publish_job(self.nc, job, wid)
         log.info("notify_enqueued", webhook=subscription.id, webhook_id=wid, session=session)
