@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -13,6 +13,7 @@ from services.gateway.ws import MAX_TEXT, parse_since
 from shared import presence, subjects, wire
 from shared.errors import BadFrame, ClientError, FrameTooLarge
 from shared.ids import check_id, new_id
+from shared.tokens import Claims
 
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
@@ -38,12 +39,28 @@ def parse_limit(raw: str | None, maximum: int) -> int:
     return value
 
 
+def authorized(gateway: Gateway, request: web.Request) -> tuple[str, Claims]:
+    """The path's session id, checked, and the token's claims, which must grant it."""
+    session = check_id(request.match_info["session"])
+    claims = gateway.authenticate(request)
+    claims.require(session)
+    return session, claims
+
+
+async def json_body(gateway: Gateway, request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, within the configured size limit."""
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = gateway.settings.max_frame_bytes
+        raise FrameTooLarge(f"request body is larger than {limit} bytes") from None
+    return wire.parse_json_object(body, "request body")
+
+
 async def events(gateway: Gateway, request: web.Request) -> web.Response:
     """``GET /v1/sessions/{id}/events?since=&limit=``: compacted, paginated history."""
     try:
-        session = check_id(request.match_info["session"])
-        claims = gateway.authenticate(request)
-        claims.require(session)
+        session, claims = authorized(gateway, request)
         since = parse_since(request.query.get("since"))
         limit = parse_limit(request.query.get("limit"), gateway.settings.history_limit)
         position = await replay.locate(
@@ -78,15 +95,8 @@ async def events(gateway: Gateway, request: web.Request) -> web.Response:
 async def post_message(gateway: Gateway, request: web.Request) -> web.Response:
     """``POST /v1/sessions/{id}/messages`` with ``{"id": ..., "text": ...}``."""
     try:
-        session = check_id(request.match_info["session"])
-        claims = gateway.authenticate(request)
-        claims.require(session)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            limit = gateway.settings.max_frame_bytes
-            raise FrameTooLarge(f"request body is larger than {limit} bytes") from None
-        frame = wire.parse_json_object(body, "request body")
+        session, claims = authorized(gateway, request)
+        frame = await json_body(gateway, request)
         message_id = frame.get("id")
         message_id = check_id(message_id, "message id") if message_id is not None else new_id("u-")
         text = wire.require_str(frame, "text", max_len=MAX_TEXT)
@@ -103,15 +113,8 @@ async def post_message(gateway: Gateway, request: web.Request) -> web.Response:
 async def post_control(gateway: Gateway, request: web.Request) -> web.Response:
     """``POST /v1/sessions/{id}/control`` with ``{"action": "cancel"|"steer"|"approve", ...}``."""
     try:
-        session = check_id(request.match_info["session"])
-        claims = gateway.authenticate(request)
-        claims.require(session)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            limit = gateway.settings.max_frame_bytes
-            raise FrameTooLarge(f"request body is larger than {limit} bytes") from None
-        frame = wire.parse_json_object(body, "request body")
+        session, claims = authorized(gateway, request)
+        frame = await json_body(gateway, request)
         if frame.get("action") == "approve":
             answered = await approvals.answer(
                 gateway.nc, gateway.settings.log.stream, session, frame, claims.subject
@@ -136,9 +139,7 @@ async def post_control(gateway: Gateway, request: web.Request) -> web.Response:
 async def get_presence(gateway: Gateway, request: web.Request) -> web.Response:
     """``GET /v1/sessions/{id}/presence``: who is in the session now."""
     try:
-        session = check_id(request.match_info["session"])
-        claims = gateway.authenticate(request)
-        claims.require(session)
+        session, claims = authorized(gateway, request)
         current = await presence.snapshot(gateway.nc, subjects.presence_filter(session))
     except ClientError as error:
         return error_response(error)
