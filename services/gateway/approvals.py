@@ -16,15 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
+from services.gateway.messages import store
 from shared import approvals, subjects, wire
-from shared.errors import ApprovalClosed, BadFrame, InvalidOption, Unavailable, UnknownApproval
+from shared.errors import ApprovalClosed, BadFrame, InvalidOption, UnknownApproval
 from shared.ids import check_id
 
-PUBLISH_TIMEOUT = 5.0
 MAX_OPTION = 1024
 
 
@@ -92,15 +89,9 @@ async def answer(
     if isinstance(user, str):
         event["user"] = user
     dedupe = wire.msg_id(session, subjects.RUN, run, approvals.decision_part(approval))
-    js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
-    try:
-        ack = await js.publish(
-            subjects.run_events(session, run), wire.dumps(event), headers={subjects.MSG_ID: dedupe}
-        )
-    except (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError):
-        raise Unavailable("JetStream did not acknowledge the answer; resend it") from None
-    if ack.duplicate:  # another answer (or the expiry) was stored first
+    seq, duplicate = await store(nc, subjects.run_events(session, run), event, dedupe, "answer")
+    if duplicate:  # another answer (or the expiry) was stored first
         state = await approvals.read(nc, stream, session, run, approval)
         reason = closed_reason(state, approval) or f"approval {approval} is already closed"
         raise ApprovalClosed(reason)
-    return Answered(approval=approval, option=option, seq=int(ack.seq))
+    return Answered(approval=approval, option=option, seq=seq)

@@ -14,15 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
+from services.gateway.messages import store
 from shared import directget, subjects, wire
-from shared.errors import BadFrame, RunEnded, Unavailable, UnknownRun
+from shared.errors import BadFrame, RunEnded, UnknownRun
 from shared.ids import check_id, new_id
 
-PUBLISH_TIMEOUT = 5.0
 MAX_STEER_TEXT = 16 * 1024
 ACTIONS = {"cancel": wire.CONTROL_CANCEL, "steer": wire.CONTROL_STEER}
 
@@ -93,12 +90,6 @@ async def publish_control(
         event["run"] = run
     if text is not None:
         event["text"] = text
-    headers = {subjects.MSG_ID: wire.msg_id(session, subjects.CONTROL, control_id, "created")}
-    js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
-    try:
-        ack = await js.publish(
-            subjects.control(session, control_id), wire.dumps(event), headers=headers
-        )
-    except (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError):
-        raise Unavailable("JetStream did not acknowledge the signal; resend it") from None
-    return Stored(control=control_id, seq=int(ack.seq), duplicate=bool(ack.duplicate))
+    dedupe = wire.msg_id(session, subjects.CONTROL, control_id, "created")
+    seq, duplicate = await store(nc, subjects.control(session, control_id), event, dedupe, "signal")
+    return Stored(control=control_id, seq=seq, duplicate=duplicate)

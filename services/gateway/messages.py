@@ -1,4 +1,5 @@
-"""Storing what devices send: user messages, with the client's id as the dedupe id."""
+"""Storing what devices send (user messages, control signals, approval answers), each
+with a dedupe id derived from the client's id so a resend is stored once."""
 
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ class Stored:
     duplicate: bool
 
 
+async def store(
+    nc: NATS, subject: str, event: dict[str, object], dedupe: str, what: str
+) -> tuple[int, bool]:
+    """Publish one event to JetStream; returns (sequence, duplicate). NATS trouble is
+    ``Unavailable`` (the client resends with the same id, so nothing is stored twice)."""
+    js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
+    try:
+        ack = await js.publish(subject, wire.dumps(event), headers={subjects.MSG_ID: dedupe})
+    except (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError):
+        raise Unavailable(f"JetStream did not acknowledge the {what}; resend it") from None
+    return int(ack.seq), bool(ack.duplicate)
+
+
 async def publish_user_message(
     nc: NATS, session: str, message_id: str, text: str, participant: str
 ) -> Stored:
@@ -38,12 +52,8 @@ async def publish_user_message(
         "text": text,
         "ts": wire.now_ms(),
     }
-    headers = {subjects.MSG_ID: wire.msg_id(session, subjects.USER, message_id, "created")}
-    js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
-    try:
-        ack = await js.publish(
-            subjects.user_message(session, message_id), wire.dumps(event), headers=headers
-        )
-    except (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError):
-        raise Unavailable("JetStream did not acknowledge the message; resend it") from None
-    return Stored(message=message_id, seq=int(ack.seq), duplicate=bool(ack.duplicate))
+    dedupe = wire.msg_id(session, subjects.USER, message_id, "created")
+    seq, duplicate = await store(
+        nc, subjects.user_message(session, message_id), event, dedupe, "message"
+    )
+    return Stored(message=message_id, seq=seq, duplicate=duplicate)
