@@ -64,6 +64,18 @@ class Client:
         self.instance = new_id("agent-")
         self.presence = presence.Writer(nc)
         self.presence.start()
+        self._active: dict[str, set[RunControl]] = {}  # session -> controls of active runs
+
+    async def route(self, session_id: str, signal: Signal) -> int:
+        """Hand a control signal (from the inbox) to this process's active runs of the
+        session; each run applies a control id once, so a signal that also arrived live
+        counts once. Returns how many runs took it."""
+        taken = 0
+        for control in list(self._active.get(session_id, ())):
+            if signal.run in (None, control.run_id):
+                await control.deliver(signal)
+                taken += 1
+        return taken
 
     def inbox(self, durable: str | None = None, **options: Any) -> Inbox:
         """This agent's durable inbox (``async for item in client.inbox()``); options:
@@ -242,6 +254,8 @@ class Session:
             on_cancel=on_cancel,
         )
         await run.control.follow(self.client.nc, self.id)
+        active = self.client._active.setdefault(self.id, set())
+        active.add(run.control)
         try:
             await run.start(**data)
             try:
@@ -259,6 +273,9 @@ class Session:
                 else:
                     await run.complete()
         finally:
+            active.discard(run.control)
+            if not active:
+                self.client._active.pop(self.id, None)
             await run.control.stop()
 
     async def _message_event(

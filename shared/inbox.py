@@ -13,6 +13,10 @@ worker at a time; an item not acked within ``ack_wait`` (a crashed worker) is re
 to any worker, up to ``max_deliver`` times. Items come in stream order (so in order per
 session) to one worker; with several workers, or when a worker handles items
 concurrently, two items of one session can be in progress at once (docs/protocol.md §18).
+
+Cancel and steer items are handed to the process's active runs of their session before they
+are yielded (``Run.cancelled`` / ``Run.steers``), so a run learns of a signal that reached it
+only through the inbox (it was stored while the live subscription was down) without code.
 """
 
 from __future__ import annotations
@@ -75,16 +79,22 @@ class UserMessage(InboxItem):
 
 @dataclass(slots=True)
 class Cancel(InboxItem):
-    """A device cancelled a run of the session (``signal.run`` None: the active run)."""
+    """A device cancelled a run of the session (``signal.run`` None: the active run).
+
+    ``routed``: how many of this process's active runs (``session.run(...)``) it was
+    handed to before it was yielded; 0 means no run here was active for it."""
 
     signal: Signal | None = None
+    routed: int = 0
 
 
 @dataclass(slots=True)
 class Steer(InboxItem):
-    """A device sent an extra instruction (``signal.text``) for a run of the session."""
+    """A device sent an extra instruction (``signal.text``) for a run of the session;
+    handed to this process's active runs like ``Cancel`` (``routed``)."""
 
     signal: Signal | None = None
+    routed: int = 0
 
 
 class Inbox:
@@ -156,6 +166,10 @@ class Inbox:
                 if item is None:
                     await msg.ack()  # edits, deletes and malformed events need no answer
                     continue
+                if isinstance(item, (Cancel, Steer)) and item.signal is not None:
+                    # A run of this process that is active now gets it at once (it may have
+                    # come live already: each control id counts once).
+                    item.routed = await self.client.route(item.session, item.signal)
                 yield item
 
     def _item(self, msg: Msg) -> InboxItem | None:

@@ -142,3 +142,37 @@ async def test_inbox_yields_cancel_and_steer(gateway: Gateway, client: agent.Cli
     await inbox.close()
     await device.close()
     await drop_durable(client, durable)
+
+
+async def test_inbox_routes_signals_to_the_active_run(
+    gateway: Gateway, client: agent.Client
+) -> None:
+    """A steer and a cancel that reach the agent only through its inbox (the run's live
+    subscription is down) are handed to the session's active run before they are yielded."""
+    sid, durable = new_id("s-"), new_id("inbox-")
+    inbox = client.inbox(durable)
+    await inbox.open()
+    device = Device(sid, token([sid], subject="alice"))
+    await device.connect(url(gateway))
+    await wait_for(lambda: device.view.live, what="caught up")
+    session = client.session(sid)
+    async with session.run("run-1") as run:
+        await run.control.stop()  # as if the live subscription were lost
+        await device.send({"type": "steer", "id": "st-1", "run": "run-1", "text": "shorter"})
+        await device.send({"type": "cancel", "id": "c-1", "run": "run-1"})
+        await asyncio.sleep(0.2)
+        assert run.steers.empty() and not run.cancelled.is_set()  # nothing came live
+        routed: list[int] = []
+        async for item in inbox:
+            if item.session == sid and isinstance(item, (Cancel, Steer)):
+                routed.append(item.routed)
+            await item.ack()
+            if len(routed) == 2:
+                break
+        assert routed == [1, 1]
+        assert (await run.steers.get()).text == "shorter"
+        assert run.cancelled.is_set() and run.cancel_reason() == "cancelled by alice"
+    await wait_for(lambda: ("run.cancelled", "run-1") in device.view.others, what="run.cancelled")
+    await inbox.close()
+    await device.close()
+    await drop_durable(client, durable)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from services.gateway.app import Gateway
@@ -115,4 +116,45 @@ async def test_worker_sigkill_retry_continues_message(
     completed = [run for kind, run in device.view.others if kind == "run.completed"]
     assert len(completed) == 1
     assert not [kind for kind, _ in device.view.others if kind == "run.failed"]
+    await device.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("question", "attempts"), [("fail", 2), ("hang", 1)])
+async def test_run_failed_when_every_attempt_fails(
+    gateway: Gateway, agent_proc: StartAgent, temporal_server: str, question: str, attempts: int
+) -> None:
+    """An activity whose every attempt fails (raising, or stuck past its heartbeat timeout)
+    ends its run run.failed exactly once, never run.completed."""
+    from temporalio.client import Client, WorkflowFailureError
+
+    from examples.temporal.workflow import TASK_QUEUE, AnswerWorkflow
+
+    sid = new_id("s-")
+    device = Device(sid, token([sid]))
+    await device.connect(f"http://127.0.0.1:{gateway.port}")
+    await agent_proc(WORKER, TEMPORAL_ADDRESS=temporal_server, TEMPORAL_TOKEN_DELAY="0.01")
+    temporal = await Client.connect(temporal_server)
+    handle = await temporal.start_workflow(
+        AnswerWorkflow.run,
+        args=[sid, question, attempts],
+        id=f"wf-{sid}",
+        task_queue=TASK_QUEUE,
+    )
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for(handle.result(), 40)
+    await wait_for(
+        lambda: any(kind == "run.failed" for kind, _ in device.view.others), 10, "run.failed"
+    )
+    await asyncio.sleep(0.3)
+    kinds = [kind for kind, _ in device.view.others]
+    assert kinds.count("run.failed") == 1
+    assert "run.completed" not in kinds
+    url = f"http://127.0.0.1:{gateway.port}/v1/sessions/{sid}/events?limit=1000"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Authorization": f"Bearer {token([sid])}"}) as r:
+            events = [item["event"] for item in (await r.json())["events"]]
+    [failed] = [e for e in events if e["type"] == "run.failed"]
+    # "fail": the activity's last attempt stores it; "hang": the workflow's fail_run does.
+    assert failed["error"].startswith("RuntimeError:") == (question == "fail")
     await device.close()

@@ -13,13 +13,16 @@ import orjson
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from examples.temporal.workflow import TASK_QUEUE, AnswerWorkflow, stream_answer
+from examples.temporal.workflow import TASK_QUEUE, AnswerWorkflow, fail_run, stream_answer
 
 
 async def main() -> None:
     temporal = await Client.connect(os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"))
     worker = Worker(
-        temporal, task_queue=TASK_QUEUE, workflows=[AnswerWorkflow], activities=[stream_answer]
+        temporal,
+        task_queue=TASK_QUEUE,
+        workflows=[AnswerWorkflow],
+        activities=[stream_answer, fail_run],
     )
     async with worker:
         print(orjson.dumps({"event": "ready"}).decode(), flush=True)
