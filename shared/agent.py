@@ -197,7 +197,7 @@ class Session:
 
     async def listeners(self) -> list[dict[str, Any]]:
         """The users' devices connected to this session now."""
-        current = await presence.snapshot(self.client.nc, subjects.presence_filter(self.id))
+        current = await presence.ask(self.client.nc, self.id)
         return [
             c.entry.public()
             for c in current.values()

@@ -40,9 +40,7 @@ class Listeners:
             subjects.presence_live(self.session.id, "user"), cb=self._on_change
         )
         await nc.flush()
-        for change in (
-            await presence.snapshot(nc, subjects.presence_filter(self.session.id))
-        ).values():
+        for change in (await presence.ask(nc, self.session.id)).values():
             if change.entry is not None and change.entry.role == "user":
                 await self._apply(change, notify=False)
         return self

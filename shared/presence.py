@@ -18,11 +18,13 @@ from typing import Any
 import orjson
 import structlog
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js.errors import APIError
 
 from shared import directget, subjects
 from shared.errors import InvalidId, TetherError
 from shared.ids import check_id
+from shared.streams import config_matches
 from shared.wire import now_ms
 
 log = structlog.get_logger(__name__)
@@ -62,10 +64,13 @@ def bucket_config(replicas: int = 1) -> dict[str, Any]:
 
 
 async def ensure_bucket(nc: NATS, replicas: int = 1) -> None:
-    """Create the presence bucket, or update it to the current configuration."""
+    """Create the presence bucket, or update it to the current configuration (nothing but
+    an info request when it is current, so a user without stream rights can call it)."""
     config = bucket_config(replicas)
     name = subjects.PRESENCE_STREAM
     reply = orjson.loads((await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=5)).data)
+    if "config" in reply and config_matches(reply["config"], config):
+        return
     verb = "CREATE" if reply.get("error", {}).get("err_code") == 10059 else "UPDATE"
     reply = orjson.loads(
         (await nc.request(f"$JS.API.STREAM.{verb}.{name}", orjson.dumps(config), timeout=5)).data
@@ -167,17 +172,21 @@ def parse_change(subject: str, headers: dict[str, str] | None, data: bytes) -> C
     return Change(key, seq, entry) if entry is not None else None
 
 
-async def put(nc: NATS, entry: Entry, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> int:
-    """Store (or refresh) an entry; returns its sequence."""
-    value = {
+def stored_value(entry: Entry) -> dict[str, Any]:
+    """The bucket value of an entry (its key holds the rest)."""
+    return {
         k: v
         for k, v in asdict(entry).items()
         if k in ("state", "device", "since", "server_id", "client_id")
     }
+
+
+async def put(nc: NATS, entry: Entry, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> int:
+    """Store (or refresh) an entry; returns its sequence."""
     js = nc.jetstream(timeout=5)
     ack = await js.publish(
         subjects.presence_subject(entry.key),
-        orjson.dumps(value),
+        orjson.dumps(stored_value(entry)),
         headers={subjects.TTL: f"{ttl_seconds}s"},
     )
     return int(ack.seq)
@@ -217,6 +226,35 @@ async def snapshot(nc: NATS, filter_subject: str) -> dict[str, Change]:
 
     await directget.scan(nc, subjects.PRESENCE_STREAM, filter_subject, 0, handle, batch=1000)
     return result
+
+
+async def ask(nc: NATS, session: str, timeout: float = 2.0) -> dict[str, Change]:
+    """The current entries of one session, from the presence service (request/reply on
+    ``tether.ask.presence.{session}``): for agents whose NATS user may not read the bucket.
+    With no presence service running, read the bucket directly (``snapshot``)."""
+    try:
+        reply = await nc.request(subjects.ask_presence(session), b"", timeout=timeout)
+    except NoRespondersError:
+        return await snapshot(nc, subjects.presence_filter(session))
+    result: dict[str, Change] = {}
+    try:
+        for item in orjson.loads(reply.data)["entries"]:
+            entry = parse_entry(str(item["key"]), orjson.dumps(item["value"]))
+            if entry is not None:
+                result[entry.key] = Change(entry.key, int(item["seq"]), entry)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise TetherError(f"malformed presence answer: {exc}") from exc
+    return result
+
+
+def answer(current: dict[str, Change]) -> bytes:
+    """The presence service's reply to ``ask``: every entry with its stored value."""
+    entries = []
+    for change in current.values():
+        if change.entry is not None:
+            value = stored_value(change.entry)
+            entries.append({"key": change.key, "seq": change.seq, "value": value})
+    return orjson.dumps({"entries": entries})
 
 
 class Writer:

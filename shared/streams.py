@@ -72,7 +72,7 @@ async def ensure_stream(nc: NATS, settings: LogSettings) -> StreamState:
         info = await _api(nc, f"$JS.API.STREAM.CREATE.{settings.stream}", config)
         action = "stream_created"
     else:
-        if _matches(info["config"], config):
+        if config_matches(info["config"], config):
             action = "stream_unchanged"
         else:
             info = await _api(nc, f"$JS.API.STREAM.UPDATE.{settings.stream}", config)
@@ -86,7 +86,7 @@ async def ensure_stream(nc: NATS, settings: LogSettings) -> StreamState:
     return _state(info)
 
 
-def _matches(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+def config_matches(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """True when the server's config already has every value we set (it adds its own)."""
     for key, value in wanted.items():
         if key == "metadata":

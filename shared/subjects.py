@@ -144,6 +144,16 @@ def presence_key(session: str, role: str, participant: str, connection: str) -> 
     )
 
 
+# Who is in a session, answered by the presence service (request/reply, queue group), for
+# agents whose NATS user may not read the presence bucket (docs/protocol.md §14).
+ASK_PRESENCE_ROOT = f"{PREFIX}.ask.presence"
+ASK_PRESENCE_QUEUE = "tether-presence"
+
+
+def ask_presence(session: str) -> str:
+    return f"{ASK_PRESENCE_ROOT}.{check_id(session)}"
+
+
 def presence_subject(key: str) -> str:
     return f"{PRESENCE_KEY_ROOT}.{key}"
 
@@ -182,3 +192,26 @@ def cursor_key(session: str, participant: str) -> str:
 def delivery_subject(subscription: str) -> str:
     """Where a delivery job for one subscription is published."""
     return f"{DELIVER_ROOT}.{check_id(subscription, 'subscription id')}"
+
+
+# ---- durable streams (/v1/stream/*, docs/protocol.md §20) -------------------------------
+# One JetStream stream holds every Durable Stream's bytes: one subject per stream
+# *incarnation* (``gen``, a random id minted at creation, so a stream deleted and created
+# again never sees its old data). Appends republish headers-only to ``tether.dslive.{gen}``:
+# long-polls and SSE readers wake there, then read from the stream. Metadata (content type,
+# TTL, expiry, closed flag, producer state, fork lineage) lives in a KV bucket keyed by the
+# base64url (unpadded) of the stream path.
+DS_STREAM = "TETHER_DS"
+DS_ROOT = f"{PREFIX}.ds"
+DS_LIVE_ROOT = f"{PREFIX}.dslive"
+DS_META_BUCKET = "TETHER_DS_META"
+
+
+def ds_subject(gen: str) -> str:
+    """The stored subject of one stream incarnation."""
+    return f"{DS_ROOT}.{check_id(gen, 'stream generation')}"
+
+
+def ds_live(gen: str) -> str:
+    """The headers-only republish of one stream incarnation's appends."""
+    return f"{DS_LIVE_ROOT}.{check_id(gen, 'stream generation')}"

@@ -48,7 +48,7 @@ def gateway_settings(server: EmbeddedNats, **overrides: object) -> GatewaySettin
         host="127.0.0.1",
         port=0,
         jwt_secret=SECRET,
-        nats=server.settings("test-gateway"),
+        nats=server.settings("test-gateway", role="gateway"),
         log=LogSettings(),
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
@@ -65,7 +65,8 @@ async def gateway(nats_server: EmbeddedNats) -> AsyncIterator[Gateway]:
 
 @pytest.fixture
 async def client(nats_server: EmbeddedNats) -> AsyncIterator[agent.Client]:
-    """An agent SDK client on the shared server."""
+    """An agent SDK client on the shared server (as the admin user: tests also use it to
+    inspect and clean up; agent processes run as the agent user)."""
     c = await agent.connect(nats_server.settings("test-agent"), log_settings=LogSettings())
     yield c
     await c.close()
@@ -87,10 +88,11 @@ class ServiceProcess:
         extra_env: dict[str, str] | None = None,
         module: str = "shared.cli",
         stderr_path: Path | None = None,
+        role: str = "admin",
     ) -> None:
         env = {
             **os.environ,
-            **server.client_env(),
+            **server.client_env(role),
             "TETHER_JWT_SECRET": SECRET.reveal(),
             "TETHER_GATEWAY_PORT": "0",
             "TETHER_LOG_FORMAT": "json",
@@ -153,7 +155,7 @@ class GatewayProcess(ServiceProcess):
     """A gateway subprocess (`tether gateway`)."""
 
     def __init__(self, server: EmbeddedNats, extra_env: dict[str, str] | None = None) -> None:
-        super().__init__(["gateway"], server, extra_env)
+        super().__init__(["gateway"], server, extra_env, role="gateway")
 
 
 @pytest.fixture
@@ -195,7 +197,7 @@ def presence_process(
         srv = server or nats_server
         # In a thread: waiting for readiness must not stall this test's event loop.
         process = await asyncio.to_thread(
-            ServiceProcess, ["presence-service"], srv, {**srv.sys_env(), **env}
+            ServiceProcess, ["presence-service"], srv, {**srv.sys_env(), **env}, role="presence"
         )
         started.append(process)
         return process
@@ -214,7 +216,7 @@ def agent_proc(nats_server: EmbeddedNats) -> Iterator[Callable[..., Awaitable[Se
     async def start(module: str, *args: str, **env: str) -> ServiceProcess:
         # In a thread: waiting for readiness must not stall this test's event loop.
         process = await asyncio.to_thread(
-            ServiceProcess, list(args), nats_server, env, module=module
+            ServiceProcess, list(args), nats_server, env, module=module, role="agent"
         )
         started.append(process)
         return process

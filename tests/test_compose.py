@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
+from shared.permissions import render_deploy_config
 from shared.server import nats_server_binary
 from shared.settings import Secret
 from shared.tokens import mint
@@ -24,6 +25,10 @@ from tests.device import Device
 
 SECRETS = {
     "TETHER_NATS_PASSWORD": "compose-nats-pw",
+    "TETHER_GATEWAY_NATS_PASSWORD": "compose-gateway-pw",
+    "TETHER_PRESENCE_NATS_PASSWORD": "compose-presence-pw",
+    "TETHER_NOTIFIER_NATS_PASSWORD": "compose-notifier-pw",
+    "TETHER_AGENT_NATS_PASSWORD": "compose-agent-pw",
     "TETHER_SYS_PASSWORD": "compose-sys-pw",
     "TETHER_JWT_SECRET": "compose-jwt-secret-0123456789abcdef",
 }
@@ -58,6 +63,12 @@ def test_compose_file_is_valid() -> None:
     assert set(services) == {"nats", "gateway", "presence", "notifier", "demo-agent"}
     for name in ("nats", "gateway"):
         assert "healthcheck" in services[name]
+
+
+def test_deploy_nats_conf_is_generated() -> None:
+    """deploy/nats.conf equals what shared/permissions.py renders (users and permissions
+    have one source)."""
+    assert (ROOT / "deploy" / "nats.conf").read_text() == render_deploy_config()
 
 
 def test_compose_refuses_missing_secrets() -> None:
@@ -116,7 +127,7 @@ class ComposeServices:
         )
         self.port = free_port()
         self.processes = [self.nats]
-        for name in ("gateway", "presence", "notifier"):
+        for name in ("gateway", "presence", "notifier", "demo-agent"):
             env = dict(services[name]["environment"])
             env["TETHER_NATS_URL"] = env["TETHER_NATS_URL"].replace(
                 "//nats:4222", f"//127.0.0.1:{nats_port}"
@@ -158,7 +169,8 @@ def compose_services(tmp_path: Path) -> Iterator[ComposeServices]:
 
 
 async def test_compose_services_run_as_described(compose_services: ComposeServices) -> None:
-    """nats, gateway, presence and notifier run with compose's config, command and environment."""
+    """nats, gateway, presence, notifier and the demo agent run with compose's config, command
+    and environment (each service as the NATS user of its role): a message is answered."""
     url = f"http://127.0.0.1:{compose_services.port}"
     token = compose_services.token
     device = Device("compose", token)
@@ -173,5 +185,10 @@ async def test_compose_services_run_as_described(compose_services: ComposeServic
         async with http.get(f"{url}/healthz") as resp:
             assert resp.status == 200
     await wait_for(lambda: device.view.texts.get("c1") == "via compose", what="message")
-    assert [m["participant"] for m in device.view.hellos[0]["presence"]] == ["c"]
+    users = [m["participant"] for m in device.view.hellos[0]["presence"] if m["role"] == "user"]
+    assert users == ["c"]
+    await wait_for(
+        lambda: any(kind == "run.completed" for kind, _ in device.view.others), 20, "answer"
+    )
+    assert len(device.view.texts) >= 2  # the question and the demo agent's answer
     await device.close()

@@ -332,7 +332,7 @@ def start_notifier(server: EmbeddedNats, **env: str) -> ServiceProcess:
         "TETHER_WEBHOOK_BACKOFF_SECONDS": "0.1",
     }
     log = server.data_dir / "notifier-stderr.log"  # shown if it does not become ready
-    return ServiceProcess(["notifier"], server, {**base, **env}, stderr_path=log)
+    return ServiceProcess(["notifier"], server, {**base, **env}, stderr_path=log, role="notifier")
 
 
 async def test_sigkill_mid_delivery_still_delivers(

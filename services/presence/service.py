@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 
 from services.presence.settings import PresenceSettings
 from shared import natsconn, presence, subjects
+from shared.errors import InvalidId, TetherError
 from shared.presence import Change
 
 log = structlog.get_logger(__name__)
@@ -48,6 +49,9 @@ class PresenceService:
         self.sys = await natsconn.connect(self.settings.sys_nats)
         await presence.ensure_bucket(self.nc, self.settings.replicas)
         await self.nc.subscribe(f"{subjects.PRESENCE_LIVE_ROOT}.>", cb=self._on_change)
+        await self.nc.subscribe(
+            f"{subjects.ASK_PRESENCE_ROOT}.*", queue=subjects.ASK_PRESENCE_QUEUE, cb=self._on_ask
+        )
         await self.nc.flush()
         await self.reload()
         await self.sys.subscribe(subjects.SYS_DISCONNECT, cb=self._on_disconnect)
@@ -93,6 +97,22 @@ class PresenceService:
             self.counters["malformed"] += 1
             return
         self.apply(change)
+
+    async def _on_ask(self, msg: Msg) -> None:
+        """Who is in a session (for agents that may not read the bucket): read from the
+        bucket, not the index, so an entry put a moment ago is in the answer."""
+        session = msg.subject.rsplit(".", 1)[-1]
+        if self.nc is None or not msg.reply:
+            return
+        try:
+            current = await presence.snapshot(self.nc, subjects.presence_filter(session))
+        except (InvalidId, TetherError, TimeoutError) as exc:
+            self.counters["ask_failed"] += 1
+            log.warning("presence_ask_failed", error=str(exc)[:200])
+            await msg.respond(orjson.dumps({"error": "presence unavailable"}))
+            return
+        self.counters["asks"] += 1
+        await msg.respond(presence.answer(current))
 
     async def _on_disconnect(self, msg: Msg) -> None:
         try:

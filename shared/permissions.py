@@ -1,0 +1,189 @@
+"""NATS users per role and what each may publish and subscribe to (docs/security.md).
+
+One application account (``TETHER``) holds the streams; each process connects as the user
+of its role, and the server enforces these subject permissions:
+
+- ``agent``: stores agent messages and run events (``tether.s.*.a.*``, ``tether.s.*.r.*``),
+  reads the session log (batched direct get), runs its inbox (durables named
+  ``tether-inbox-*`` / ``INBOX*``), writes *agent* presence keys, follows live control,
+  run and presence subjects, and asks the presence service who is listening. It cannot
+  store user messages or control signals (no forged user input), write user presence, read
+  the presence bucket, the webhook subscriptions (their signing secrets), read positions or
+  dead letters, manage streams, or reach ``$SYS``.
+- ``gateway``: stores what devices send (user messages, control signals, approval
+  decisions, Durable Streams appends) and reads everything it serves; it cannot store agent
+  messages (``tether.s.*.a.*``).
+- ``presence``: the presence bucket and the ``who is listening`` responder; with a second
+  connection as the ``sys`` user of the system account for connect/disconnect events.
+- ``notifier``: its trigger consumer on run events, the webhook buckets and its delivery
+  stream; it cannot store anything in the session log.
+- ``admin`` (user ``tether``): everything in the account, for the ``tether`` CLI and
+  operators.
+
+``$SYS.>`` is denied to every application user; only the ``sys`` user of the system account
+sees the server's events. ``tether up`` renders these into its generated config;
+deploy/nats.conf (compose) is the same text with passwords from environment variables
+(``render_deploy_config``; a test keeps the file equal to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from shared import subjects as s
+
+ROLES = ("admin", "gateway", "presence", "notifier", "agent")
+# The NATS user name of each role (the admin keeps the historical name "tether").
+USERS = {"admin": "tether", "gateway": "gateway", "presence": "presence"}
+USERS |= {"notifier": "notifier", "agent": "agent"}
+# The environment variable that holds each role's password under compose.
+PASSWORD_ENV = {
+    "admin": "TETHER_NATS_PASSWORD",
+    "gateway": "TETHER_GATEWAY_NATS_PASSWORD",
+    "presence": "TETHER_PRESENCE_NATS_PASSWORD",
+    "notifier": "TETHER_NOTIFIER_NATS_PASSWORD",
+    "agent": "TETHER_AGENT_NATS_PASSWORD",
+}
+SYS_PASSWORD_ENV = "TETHER_SYS_PASSWORD"
+
+API = "$JS.API"
+SESSIONS = "TETHER_SESSIONS"
+REPLIES = "_INBOX.>"
+NO_SYS = ["$SYS.>"]
+
+
+def _agent() -> dict[str, Any]:
+    log, live = s.LOG_ROOT, s.LIVE_ROOT
+    presence_stream, key_root = s.PRESENCE_STREAM, s.PRESENCE_KEY_ROOT
+    return {
+        "publish": {
+            "allow": [
+                f"{log}.*.{s.AGENT}.*",
+                f"{log}.*.{s.RUN}.*",
+                f"{API}.INFO",
+                f"{API}.STREAM.INFO.{SESSIONS}",
+                f"{API}.STREAM.INFO.{presence_stream}",
+                f"{API}.DIRECT.GET.{SESSIONS}",
+                f"{API}.DIRECT.GET.{SESSIONS}.>",
+                # The inbox: its durable only (SDK default tether-inbox-*, node example INBOX*).
+                f"{API}.CONSUMER.INFO.{SESSIONS}.*",
+                f"{API}.CONSUMER.DURABLE.CREATE.{SESSIONS}.*",
+                f"{API}.CONSUMER.CREATE.{SESSIONS}.*",
+                f"{API}.CONSUMER.CREATE.{SESSIONS}.*.>",
+                f"{API}.CONSUMER.MSG.NEXT.{SESSIONS}.*",
+                f"$JS.ACK.{SESSIONS}.>",
+                f"{key_root}.*.agent.>",
+                f"{s.ASK_PRESENCE_ROOT}.*",
+            ],
+            "deny": [*NO_SYS, f"{log}.*.{s.USER}.*", f"{log}.*.{s.CONTROL}.*"],
+        },
+        "subscribe": {
+            "allow": [
+                REPLIES,
+                f"{live}.*.{s.CONTROL}.*",
+                f"{live}.*.{s.RUN}.*",
+                f"{s.PRESENCE_LIVE_ROOT}.*.user.>",
+                f"{s.PRESENCE_LIVE_ROOT}.*.agent.>",
+            ],
+            "deny": NO_SYS,
+        },
+    }
+
+
+def _gateway() -> dict[str, Any]:
+    return {
+        "publish": {
+            "allow": [f"{s.PREFIX}.>", f"{API}.>", "$KV.>", "$JS.ACK.>", "$JS.FC.>"],
+            "deny": [*NO_SYS, f"{s.LOG_ROOT}.*.{s.AGENT}.*"],
+        },
+        "subscribe": {"allow": [REPLIES, f"{s.PREFIX}.>"], "deny": NO_SYS},
+    }
+
+
+def _presence() -> dict[str, Any]:
+    return {
+        "publish": {
+            "allow": [f"{API}.>", f"{s.PRESENCE_KEY_ROOT}.>", "$JS.ACK.>"],
+            "deny": NO_SYS,
+        },
+        "subscribe": {
+            "allow": [REPLIES, f"{s.PRESENCE_LIVE_ROOT}.>", f"{s.ASK_PRESENCE_ROOT}.*"],
+            "deny": NO_SYS,
+        },
+        "allow_responses": True,  # answers to ``who is listening`` requests
+    }
+
+
+def _notifier() -> dict[str, Any]:
+    return {
+        "publish": {
+            "allow": [f"{API}.>", "$KV.>", "$JS.ACK.>", f"{s.DELIVER_ROOT}.>"],
+            "deny": [*NO_SYS, f"{s.LOG_ROOT}.>", f"{s.PRESENCE_KEY_ROOT}.>"],
+        },
+        "subscribe": {"allow": [REPLIES, f"{s.DELIVER_ROOT}.>"], "deny": NO_SYS},
+    }
+
+
+def _admin() -> dict[str, Any]:
+    return {"publish": {"deny": NO_SYS}, "subscribe": {"deny": NO_SYS}}
+
+
+def permissions(role: str) -> dict[str, Any]:
+    """The nats-server ``permissions`` block of one role."""
+    builders = {
+        "admin": _admin,
+        "gateway": _gateway,
+        "presence": _presence,
+        "notifier": _notifier,
+        "agent": _agent,
+    }
+    if role not in builders:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    return builders[role]()
+
+
+def _user(role: str, password: str) -> str:
+    name, perms = orjson.dumps(USERS[role]).decode(), orjson.dumps(permissions(role)).decode()
+    return f"{{ user: {name}, password: {password}, permissions: {perms} }}"
+
+
+def render_accounts(passwords: Mapping[str, str], sys_password: str) -> str:
+    """The ``accounts`` block and ``system_account``; passwords are inserted verbatim
+    (quoted strings for a generated config, ``$VARIABLE`` references for compose)."""
+    users = ",\n      ".join(_user(role, passwords[role]) for role in ROLES)
+    return f"""accounts {{
+  SYS {{
+    users: [ {{ user: sys, password: {sys_password} }} ]
+  }}
+  TETHER {{
+    jetstream: enabled
+    users: [
+      {users}
+    ]
+  }}
+}}
+system_account: SYS
+"""
+
+
+def render_deploy_config() -> str:
+    """deploy/nats.conf: the compose server's config, passwords from the environment."""
+    passwords = {role: f"${PASSWORD_ENV[role]}" for role in ROLES}
+    accounts = render_accounts(passwords, f"${SYS_PASSWORD_ENV}")
+    return f"""# nats-server configuration for compose.yaml; generated by shared/permissions.py
+# (render_deploy_config), and a test keeps this file equal to it. Passwords come from the
+# environment ({", ".join(PASSWORD_ENV[r] for r in ROLES)}, {SYS_PASSWORD_ENV});
+# nothing secret is baked into the file. Users and permissions: docs/security.md.
+server_name: $NATS_SERVER_NAME
+listen: 0.0.0.0:4222
+http: 0.0.0.0:8222
+max_payload: 8MB
+
+jetstream {{
+  store_dir: $NATS_STORE_DIR
+}}
+
+{accounts}"""
