@@ -10,6 +10,17 @@ if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 
     || echo "warning: could not install docker-compose; the compose test will fail" >&2
 fi
 
+# Debian's Chromium for the browser test (Playwright drives it; no browser download),
+# node for the JS unit tests (`node --test`; they need no npm packages), and Caddy for the
+# test of compose's reverse proxy config (deploy/Caddyfile).
+for tool in chromium:chromium node:nodejs caddy:caddy; do
+  if ! command -v "${tool%%:*}" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -q "${tool#*:}" >/dev/null 2>&1 \
+      || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${tool#*:}" >/dev/null 2>&1)) \
+      || echo "warning: could not install ${tool#*:}; its tests will be skipped" >&2
+  fi
+done
+
 if [ -z "${VIRTUAL_ENV:-}" ]; then
   [ -d .venv ] || python3 -m venv .venv
   # shellcheck disable=SC1091
@@ -18,8 +29,14 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q -e '.[test]'
 
-if command -v npm >/dev/null 2>&1 && [ -f examples/node-agent/package.json ]; then
-  (cd examples/node-agent && npm ci --no-audit --no-fund --silent)
+# The JavaScript parts: the node agent example, the AI SDK client test, the Durable Streams
+# conformance suite (each pinned by its package-lock.json).
+if command -v npm >/dev/null 2>&1; then
+  for dir in examples/node-agent tests/js/ai-sdk tests/js/durable-streams; do
+    if [ -f "$dir/package-lock.json" ]; then
+      (cd "$dir" && npm ci --no-audit --no-fund --silent)
+    fi
+  done
 fi
 
 python -m pytest "$@"

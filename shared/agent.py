@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from shared import approvals, natsconn, presence, subjects, wire
 from shared.approvals import Decision
@@ -39,7 +39,8 @@ from shared.streams import ensure_stream
 
 log = structlog.get_logger(__name__)
 
-PUBLISH_ATTEMPTS = 5
+PUBLISH_ATTEMPTS = 5  # at least this many tries ...
+PUBLISH_RETRY_SECONDS = 20.0  # ... and for this long: a stream leader election takes seconds
 PUBLISH_TIMEOUT = 2.0
 APPROVAL_POLL_SECONDS = 5.0  # re-read the log this often while waiting (live is at most once)
 
@@ -97,7 +98,9 @@ class Client:
         rollup: bool = False,
         ttl_seconds: int | None = None,
     ) -> int:
-        """Store one event; retry on timeouts with the same dedupe id. Returns its sequence."""
+        """Store one event; retry with the same dedupe id on timeouts and while the stream has
+        no leader (no responders, 503), for ``PUBLISH_ATTEMPTS`` tries and at least
+        ``PUBLISH_RETRY_SECONDS``. Returns its sequence (the first copy's for a repeat)."""
         headers = {subjects.MSG_ID: dedupe_id}
         if rollup:
             headers[subjects.ROLLUP] = "sub"
@@ -105,19 +108,23 @@ class Client:
             headers[subjects.TTL] = f"{ttl_seconds}s"
         payload = wire.dumps(event)
         delay = 0.1
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PUBLISH_RETRY_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 ack = await self.js.publish(subject, payload, headers=headers)
                 return int(ack.seq)
-            except (TimeoutError, NatsTimeoutError, APIError) as exc:
+            except (TimeoutError, NatsTimeoutError, NoStreamResponseError, APIError) as exc:
                 if isinstance(exc, APIError) and exc.code not in (None, 503):
                     raise PublishError(f"JetStream refused {subject}: {exc.description}") from exc
+                if attempt >= PUBLISH_ATTEMPTS and loop.time() + delay > deadline:
+                    break
                 log.warning("publish_retry", subject=subject, attempt=attempt, error=repr(exc))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        raise PublishError(
-            f"JetStream did not acknowledge {subject} after {PUBLISH_ATTEMPTS} tries"
-        )
+                delay = min(delay * 2, 1.0)
+        raise PublishError(f"JetStream did not acknowledge {subject} after {attempt} tries")
 
     async def close(self) -> None:
         """Leave every session (presence ``closed``), flush what is pending and close."""

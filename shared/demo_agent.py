@@ -2,7 +2,8 @@
 
 It reads user messages through its durable inbox (``client.inbox()``, so messages sent
 while it was down are answered when it comes back), and derives every id from the user message
-(run ``run-{message}``), so a redelivered message republishes the same dedupe ids.
+(run ``run-{message}``), so a redelivered message republishes the same dedupe ids. A message
+starting with ``/approve`` makes it ask first (an approval with the options yes and no).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import orjson
 import structlog
 
-from shared import agent
+from shared import agent, ops, subjects
 from shared.errors import InvalidId
 from shared.inbox import UserMessage
 from shared.settings import Env
@@ -32,6 +33,14 @@ REPLY = (
 )
 
 
+# A message starting with this asks the user first (an approval, docs/protocol.md §17).
+ASK_COMMAND = "/approve"
+ASK_PROMPT = "Shall I stream the answer?"
+ASK_TIMEOUT = 60.0  # well within the inbox's ack wait (120 s): no redelivery while asking
+DECLINED = "Okay, I will not answer that one."
+UNANSWERED = "Nobody answered in time, so I did not answer."
+
+
 def tokens_of(text: str) -> list[str]:
     words = text.split(" ")
     return [word if i == 0 else " " + word for i, word in enumerate(words)]
@@ -42,10 +51,15 @@ async def answer(
 ) -> None:
     session = client.session(session_id)
     async with session.run(f"run-{message_id}", reply_to=message_id) as run:
+        reply = REPLY.format(text=text[:200])
+        if text.strip().lower().startswith(ASK_COMMAND):
+            decision = await run.request_approval(ASK_PROMPT, ["yes", "no"], timeout=ASK_TIMEOUT)
+            if decision.option != "yes":
+                reply = DECLINED if decision.option else UNANSWERED
         message = run.message(f"reply-{message_id}", coalesce_ms=0, resume="continue")
         await message.start()
         answer_text = ""
-        for token in tokens_of(REPLY.format(text=text[:200])):
+        for token in tokens_of(reply):
             if run.cancelled.is_set():
                 break
             answer_text += token
@@ -57,14 +71,25 @@ async def answer(
 async def run_demo_agent(env: Env | None = None) -> None:
     env = env or Env()
     rate = env.number("TETHER_DEMO_TOKENS_PER_SECOND", 25.0, minimum=0.1)
+    metrics = ops.Metrics()
     client = await agent.connect()
+    metrics.watch(client.nc)
     inbox = client.inbox(DURABLE, batch=CONCURRENCY)
     await inbox.open()
+
+    async def readiness() -> str | None:
+        streams = [client.log_settings.stream, subjects.PRESENCE_STREAM]
+        return await ops.nats_readiness(client.nc, streams)
+
+    health = ops.Ops("demo-agent", metrics, readiness)
+    ops_server = ops.OpsServer(health, ops.OpsSettings.from_env("demo-agent", env))
+    await ops_server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(orjson.dumps({"event": "ready", "service": "demo-agent"}).decode(), flush=True)
+    ready = {"event": "ready", "service": "demo-agent", "port": ops_server.port}
+    print(orjson.dumps(ready).decode(), flush=True)
     log.info("demo_agent_ready", durable=DURABLE)
     running: set[asyncio.Task[None]] = set()
     slots = asyncio.Semaphore(CONCURRENCY)
@@ -92,6 +117,7 @@ async def run_demo_agent(env: Env | None = None) -> None:
 
     consumer = asyncio.create_task(consume())
     await stop.wait()
+    health.start_draining()  # then: no new messages, answers in flight finish, close
     await inbox.close()
     consumer.cancel()
     await asyncio.gather(consumer, return_exceptions=True)
@@ -99,3 +125,4 @@ async def run_demo_agent(env: Env | None = None) -> None:
     if running:
         await asyncio.wait(running, timeout=10.0)
     await client.close()
+    await ops_server.stop()

@@ -66,12 +66,34 @@ class Forbidden(ClientError):
     ws_close_code = 4403
 
 
+class OriginNotAllowed(Forbidden):
+    """A browser request whose ``Origin`` is not in ``TETHER_ALLOWED_ORIGINS``."""
+
+    code = "origin_not_allowed"
+
+
 class SlowClient(ClientError):
     """A device stopped reading; its send queue overflowed. Reconnect with ``since``."""
 
     code = "slow_client"
     http_status = 503
     ws_close_code = 4008
+
+
+class RateLimited(ClientError):
+    """A client sent frames or requests faster than its rate limit allows; slow down."""
+
+    code = "rate_limited"
+    http_status = 429
+    ws_close_code = 4429
+
+
+class TooManyConnections(ClientError):
+    """The token's subject already holds the maximum number of WebSockets on this gateway."""
+
+    code = "too_many_connections"
+    http_status = 429
+    ws_close_code = 4429
 
 
 class Unavailable(ClientError):

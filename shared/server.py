@@ -29,11 +29,13 @@ import orjson
 import structlog
 
 from shared import permissions
-from shared.errors import ServerNotReady
+from shared.errors import ConfigError, ServerNotReady
 from shared.settings import NatsSettings, Secret
 
 log = structlog.get_logger(__name__)
 
+SYNC_ENV = "TETHER_NATS_SYNC"
+_SYNC_RE = re.compile(r"always|default|\d+(ms|s|m|h)")
 _LISTEN_RE = re.compile(r"Listening for client connections on ([\d.]+|\[[^\]]+\]):(\d+)")
 READY_LINE = "Server is ready"
 PR_SET_PDEATHSIG = 1
@@ -101,12 +103,34 @@ class Credentials:
         )
 
 
+def sync_interval(value: str | None = None) -> str:
+    """JetStream's ``sync_interval``: ``default`` (the server's: fsync every 2 minutes; an
+    acknowledged write survives a process crash but not a power loss or kernel crash),
+    ``always`` (fsync before every acknowledgement) or a duration such as ``10s``.
+    ``value`` defaults to ``TETHER_NATS_SYNC`` (docs/deploy.md: the trade-off)."""
+    raw = os.environ.get(SYNC_ENV, "") if value is None else value
+    chosen = raw.strip() or "default"
+    if not _SYNC_RE.fullmatch(chosen):
+        raise ConfigError(
+            f"{SYNC_ENV} has value {chosen!r}, not always, default or a duration like 10s"
+        )
+    return chosen
+
+
+def jetstream_block(store: Path, sync: str = "default") -> str:
+    """The ``jetstream {}`` block: file store under ``store``, and ``sync_interval``."""
+    line = "" if sync == "default" else f"\n  sync_interval: {sync}"
+    return f"jetstream {{\n  store_dir: {_q(str(store))}{line}\n}}"
+
+
 def _q(value: str) -> str:
     """A quoted string for the nats-server config (JSON quoting is valid there)."""
     return orjson.dumps(value).decode()
 
 
-def render_config(data_dir: Path, host: str, port: int, creds: Credentials) -> str:
+def render_config(
+    data_dir: Path, host: str, port: int, creds: Credentials, sync: str = "default"
+) -> str:
     """The nats-server configuration for the embedded default."""
     store = data_dir / "jetstream"
     passwords = {role: _q(secret.reveal()) for role, secret in creds.passwords.items()}
@@ -115,9 +139,7 @@ def render_config(data_dir: Path, host: str, port: int, creds: Credentials) -> s
 server_name: tether_embedded
 listen: "{host}:{port}"
 max_payload: 8MB
-jetstream {{
-  store_dir: {_q(str(store))}
-}}
+{jetstream_block(store, sync)}
 {accounts}"""
 
 
@@ -147,13 +169,16 @@ class EmbeddedNats:
         port: int = 4222,
         on_line: Callable[[str], None] | None = None,
         tie_to_parent: bool = False,
+        sync: str | None = None,
+        creds: Credentials | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.sync = sync_interval(sync)
         self.tie_to_parent = tie_to_parent
         self.host = host
         self.port = port
         self.on_line = on_line
-        self.creds = Credentials.load_or_create(data_dir)
+        self.creds = creds or Credentials.load_or_create(data_dir)
         self.process: subprocess.Popen[bytes] | None = None
         self.output: deque[str] = deque(maxlen=50)
         self._reader: threading.Thread | None = None
@@ -188,7 +213,7 @@ class EmbeddedNats:
         """Start nats-server and block until it says it is ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "nats-server.conf"
-        config.write_text(render_config(self.data_dir, self.host, self.port, self.creds))
+        config.write_text(self.render())
         config.chmod(0o600)
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config)],
@@ -209,6 +234,10 @@ class EmbeddedNats:
             raise ServerNotReady(f"nats-server did not become ready: {tail or 'no output'}")
         self.port = found[0]
         log.info("nats_server_ready", host=self.host, port=self.port, pid=self.process.pid)
+
+    def render(self) -> str:
+        """This server's config file (a cluster node overrides it, shared/cluster.py)."""
+        return render_config(self.data_dir, self.host, self.port, self.creds, self.sync)
 
     def _read_output(self, ready: threading.Event, found: list[int]) -> None:
         process = self.process

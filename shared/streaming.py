@@ -75,6 +75,7 @@ class Message:
         self.started = False
         self.completed = False
         self._buffer: list[str] = []
+        self._unacked: str | None = None  # a delta whose publish failed, sent again first
         self._flush_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._error: BaseException | None = None
@@ -164,16 +165,24 @@ class Message:
     async def flush(self) -> None:
         """Publish what is buffered as one ``message.delta``."""
         async with self._lock:
-            if not self._buffer:
-                return
-            text = "".join(self._buffer)
-            self._buffer.clear()
+            # A delta whose publish failed keeps its index and text: it is sent again, the
+            # same, before anything newer (its dedupe id may already be stored; a different
+            # text under that id would be dropped as a duplicate and lost).
+            if self._unacked is None:
+                if not self._buffer:
+                    return
+                self._unacked = "".join(self._buffer)
+                self._buffer.clear()
+            text = self._unacked
             index = self.chunks
             event = self.session._event(wire.MESSAGE_DELTA, message=self.id, i=index, text=text)
             await self.session._publish(self.subject, event, self._dedupe(str(index)))
+            self._unacked = None
             self.chunks += 1
             self.text += text
             await self._maybe_checkpoint()
+        if self._buffer and self.coalesce <= 0:
+            await self.flush()  # text appended while a failed delta was being resent
 
     async def _maybe_checkpoint(self) -> None:
         """Every ``checkpoint_every`` chunks, store the text so far and roll the deltas up."""

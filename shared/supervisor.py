@@ -116,6 +116,15 @@ class Child:
         log.info("child_stopped", child=self.name, code=process.returncode)
 
 
+def page_url(host: str, port: object) -> str:
+    """The URL a browser on this machine opens (a wildcard bind address is not one)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 async def watch_server(server: EmbeddedNats, stop: asyncio.Event) -> None:
     """Restart the bundled nats-server if it dies (its store survives on disk)."""
     while not stop.is_set():
@@ -129,6 +138,12 @@ async def watch_server(server: EmbeddedNats, stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)
         if not stop.is_set():
             server.start()
+
+
+def role_env(server: EmbeddedNats | None, role: str) -> dict[str, str]:
+    """The NATS user of a child's role on the embedded server (shared/permissions.py); with
+    ``--nats-url`` the children use the TETHER_NATS_USER/PASSWORD of the environment."""
+    return server.client_env(role) if server is not None else {}
 
 
 async def up(
@@ -156,12 +171,14 @@ async def up(
     if nats_url is None:
         server = EmbeddedNats(data_dir, port=nats_port, tie_to_parent=True)
         server.start()  # from the main thread: the parent-death signal follows the thread
-        env.update(server.client_env())
+        env["TETHER_NATS_URL"] = server.url
     else:
         env["TETHER_NATS_URL"] = nats_url
 
     watcher = asyncio.create_task(watch_server(server, stop)) if server else None
-    children = [Child("gateway", ["gateway"], env)]
+    # One gateway and no proxy to tell: stop at once (unless the environment says otherwise).
+    drain = {"TETHER_DRAIN_DELAY_SECONDS": os.environ.get("TETHER_DRAIN_DELAY_SECONDS", "0")}
+    children = [Child("gateway", ["gateway"], {**env, **role_env(server, "gateway"), **drain})]
     sys_env = (
         server.sys_env()
         if server
@@ -172,15 +189,17 @@ async def up(
         }
     )
     if sys_env.get("TETHER_NATS_SYS_USER"):
-        children.append(Child("presence", ["presence-service"], {**env, **sys_env}))
+        presence_env = {**env, **role_env(server, "presence"), **sys_env}
+        children.append(Child("presence", ["presence-service"], presence_env))
     else:
         log.warning(
             "presence_service_skipped",
             why="--nats-url without TETHER_NATS_SYS_USER: no system account user",
         )
-    children.append(Child("notifier", ["notifier"], env))
+    children.append(Child("notifier", ["notifier"], {**env, **role_env(server, "notifier")}))
     if demo_agent:
-        children.append(Child("demo-agent", ["demo-agent"], env))
+        agent_env = {**env, **role_env(server, "agent")}
+        children.append(Child("demo-agent", ["demo-agent"], agent_env))
     tasks = []
     for child in children:
         await child.spawn()
@@ -199,11 +218,16 @@ async def up(
     ready.cancel()
     if all(child.ready.is_set() for child in children):
         token = mint(secret, subject="dev", sessions=["*"], role="user", ttl_seconds=30 * 86400)
+        demo_token = mint(
+            secret, subject="demo", sessions=["demo-*"], role="user", ttl_seconds=30 * 86400
+        )
         url = f"http://{host}:{gateway.ready_info.get('port', port)}"
+        page = page_url(host, gateway.ready_info.get("port", port))
         banner = [
             "",
             "Tether is up.",
             f"  gateway     {url}",
+            f"  demo page   {page}/#token={demo_token}",
             f"  websocket   {url.replace('http', 'ws', 1)}/v1/sessions/demo/ws?token=...",
             f"  nats        {server.url if server else nats_url}",
             f"  data dir    {data_dir}",

@@ -50,6 +50,7 @@ def gateway_settings(server: EmbeddedNats, **overrides: object) -> GatewaySettin
         jwt_secret=SECRET,
         nats=server.settings("test-gateway", role="gateway"),
         log=LogSettings(),
+        drain_delay_seconds=0.0,  # no proxy to tell in tests: stop at once
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -96,6 +97,7 @@ class ServiceProcess:
             "TETHER_JWT_SECRET": SECRET.reveal(),
             "TETHER_GATEWAY_PORT": "0",
             "TETHER_LOG_FORMAT": "json",
+            "TETHER_DRAIN_DELAY_SECONDS": "0",  # no proxy to tell in tests: stop at once
             **(extra_env or {}),
         }
         stderr = open(stderr_path, "ab") if stderr_path else subprocess.DEVNULL  # noqa: SIM115

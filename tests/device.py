@@ -35,6 +35,29 @@ class View:
     presence: list[dict[str, Any]] = field(default_factory=list)  # presence frames, in order
     frames: int = 0
     wire_bytes: int = 0
+    saved: tuple[Any, ...] | None = None  # the view at the last hello, until caught_up
+
+    def checkpoint(self) -> None:
+        """Remember the view as it is now: a replay that does not reach caught_up is undone
+        back to here (a replayed event's sequence is not a resume point, protocol §7)."""
+        self.saved = (
+            dict(self.texts),
+            set(self.deleted),
+            list(self.others),
+            list(self.approvals),
+            self.position,
+            len(self.seqs),
+        )
+
+    def restore(self) -> None:
+        """Undo an interrupted replay (the next connect resumes from the saved position)."""
+        if self.saved is None:
+            return
+        texts, deleted, others, approvals, position, count = self.saved
+        self.texts, self.deleted, self.others, self.approvals = texts, deleted, others, approvals
+        self.position = position
+        del self.seqs[count:]
+        self.saved = None
 
     def apply(self, frame: dict[str, Any]) -> None:
         kind = frame["type"]
@@ -49,6 +72,7 @@ class View:
                 self.others.clear()
                 self.approvals.clear()
                 self.position = 0
+            self.checkpoint()
         elif kind == "event":
             seq = frame["seq"]
             if seq <= self.position:
@@ -59,6 +83,7 @@ class View:
             self.seqs.append(seq)
             self._event(frame["event"])
         elif kind == "caught_up":
+            self.saved = None
             self.live = True
             self.caught_up = frame["seq"]
             self.position = max(self.position, frame["seq"])
@@ -122,6 +147,9 @@ class Device:
         if epoch or self.view.epoch:
             params["epoch"] = epoch or self.view.epoch or ""
         url = base_url.replace("http", "ws", 1) + f"/v1/sessions/{self.session}/ws"
+        if since is None:
+            self.view.restore()  # the last replay was cut short: resume from before it
+            params["since"] = str(self.view.position)
         self.view.caught_up = 0
         self.view.live = False
         self.ws = await self.http.ws_connect(url, params=params, max_msg_size=0)

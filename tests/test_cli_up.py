@@ -108,6 +108,19 @@ async def chat(url: str, token: str, session: str, text: str) -> Device:
     return device
 
 
+async def check_demo_page(up: Up) -> None:
+    """The banner's demo page URL serves the page, and its token opens a demo-* session."""
+    page = next(line.split()[-1] for line in up.lines if line.strip().startswith("demo page"))
+    base, _, fragment = page.partition("/#token=")
+    assert base.startswith("http://127.0.0.1:") and fragment.startswith("eyJ")
+    async with aiohttp.ClientSession() as http, http.get(base + "/") as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+    device = Device("demo-page-check", fragment)
+    await device.connect(base)
+    await wait_for(lambda: device.view.live, what="the demo token's session")
+    await device.close()
+
+
 async def test_up_runs_the_suite_and_keeps_sessions_across_restarts(
     tmp_path: Path, start_up: Callable[..., Up]
 ) -> None:
@@ -115,6 +128,7 @@ async def test_up_runs_the_suite_and_keeps_sessions_across_restarts(
     data = tmp_path / "data"
     up = start_up("--data-dir", str(data), "--nats-port=-1")
     assert "Tether is up." in up.lines
+    await check_demo_page(up)
     device = await chat(up.url, up.token, "demo-up", "hello there")
     answer = device.view.texts["reply-q1"]
     assert "hello there" in answer and answer.endswith("nothing repeated.")

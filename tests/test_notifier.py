@@ -365,7 +365,8 @@ async def test_sigkill_mid_delivery_still_delivers(
 async def test_notifier_subprocess_ready_and_sigterm(own_nats: EmbeddedNats) -> None:
     """`python -m shared.cli notifier` says ready and exits 0 on SIGTERM."""
     process = await asyncio.to_thread(start_notifier, own_nats)
-    assert process.ready_info == {"event": "ready", "service": "notifier"}
+    assert process.ready_info == {"event": "ready", "service": "notifier", "port": process.port}
+    assert process.port > 0  # its ops server (/healthz, /readyz, /metrics), a random port
     process.process.terminate()
     assert await asyncio.to_thread(process.process.wait, 15) == 0
 

@@ -6,9 +6,11 @@ import asyncio
 
 import aiohttp
 import orjson
+import pytest
 
 from services.gateway.app import Gateway
 from shared import agent, history, subjects, wire
+from shared.errors import PublishError
 from shared.ids import new_id
 from shared.server import EmbeddedNats
 from tests.conftest import gateway_settings, token, wait_for
@@ -362,3 +364,78 @@ async def test_oversized_checkpoints_are_skipped_not_fatal(
     assert device.view.texts == {"m": chunk * 100}
     await device.close()
     await c.close()
+
+
+async def test_delta_whose_ack_was_lost_is_resent_not_replaced(
+    gateway: Gateway, client: agent.Client
+) -> None:
+    """A delta stored but reported failed (ack lost) is sent again the same before newer
+    text, so no text is lost to the dedupe window."""
+    sid = new_id("s-")
+    device = Device(sid, token([sid]))
+    await device.connect(url(gateway))
+    await wait_for(lambda: device.view.live, what="caught up")
+    session = client.session(sid)
+    publish = session._publish
+    fail_next = True
+
+    async def flaky(subject: str, event: dict[str, object], dedupe: str, **kw: object) -> int:
+        nonlocal fail_next
+        seq = await publish(subject, event, dedupe, **kw)  # type: ignore[arg-type]
+        if fail_next and event.get("text") == "two ":
+            fail_next = False
+            raise PublishError("ack lost")
+        return seq
+
+    session._publish = flaky  # type: ignore[method-assign]
+    async with session.run("run-1") as run:
+        message = run.message("m")
+        await message.append("one ")
+        with pytest.raises(PublishError):
+            await message.append("two ")
+        await message.append("three")
+        await message.complete()
+    assert message.text == "one two three"
+    await wait_for(lambda: device.view.texts.get("m") == "one two three", what="complete text")
+    page = await history.read(client.nc, client.log_settings.stream, sid, 0)
+    [final] = [e.event for e in page.events if e.event.get("message") == "m"]
+    assert final["text"] == "one two three"
+    await device.close()
+
+
+async def test_replay_cut_short_resumes_from_before_it(
+    gateway: Gateway, client: agent.Client
+) -> None:
+    """A replayed event's sequence is not a resume point (protocol §7): after a replay cut
+    between hello and caught_up, resuming from the saved position loses nothing."""
+    sid = new_id("s-")
+    session = client.session(sid)
+    device = Device(sid, token([sid]))
+    async with session.run("run-1") as run:
+        message = run.message("a")
+        await message.append("A1 ")
+        await device.connect(url(gateway))
+        await wait_for(lambda: device.view.texts.get("a") == "A1 ", what="first delta")
+        await device.disconnect()
+        await message.append("A2 ")  # merged with A3 on replay, sent after B
+        await session.post("B", message_id="b", role="user")
+        await message.append("A3")
+        # The replay after the device's position: B first, then A's merged delta.
+        ws_url = url(gateway).replace("http", "ws") + f"/v1/sessions/{sid}/ws"
+        params = {"token": token([sid]), "since": str(device.view.position)}
+        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, params=params) as ws:
+            frames = []
+            while not frames or frames[-1]["type"] != "caught_up":
+                frames.append(orjson.loads((await ws.receive()).data))
+        replayed = [f for f in frames if f["type"] == "event"]
+        assert [f["event"]["type"] for f in replayed] == ["message.created", "message.delta"]
+        assert replayed[1]["event"]["text"] == "A2 A3"
+        # Cut after B: the view goes back to its hello and resumes from there.
+        device.view.apply(frames[0])
+        device.view.apply(replayed[0])
+        assert device.view.texts["b"] == "B"
+        await device.connect(url(gateway))
+        await wait_for(lambda: device.view.live, what="caught up again")
+        assert device.view.texts == {"a": "A1 A2 A3", "b": "B"}
+        await message.complete()
+    await device.close()

@@ -16,6 +16,7 @@ from services.gateway.http import error_response, json_response
 from shared import subjects, webhooks, wire
 from shared.errors import BadFrame, ClientError, Forbidden, FrameTooLarge, TetherError
 from shared.ids import check_id
+from shared.tokens import ADMIN
 from shared.urlsafety import check_url, parse_url
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def require_admin(gateway: Gateway, request: web.Request) -> None:
     claims = gateway.authenticate(request)
     if claims.role != "admin":
         raise Forbidden(f"webhooks need a token with role 'admin', not {claims.role!r}")
+    claims.require_scope(ADMIN)
 
 
 async def create(gateway: Gateway, request: web.Request) -> web.Response:

@@ -49,7 +49,7 @@ async def run_status(nc: NATS, stream: str, session: str, run: str) -> str | Non
 def parse(frame: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
     """(event type, run, steer text) of a ``cancel``/``steer`` frame or body."""
     action = frame.get("type", frame.get("action"))
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:
         raise BadFrame("control action must be 'cancel', 'steer' or 'approve'")
     run = frame.get("run")
     run = check_id(run, "run id") if run is not None else None

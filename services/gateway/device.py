@@ -1,8 +1,11 @@
 """A device: one client connection's view of one session.
 
 The hub offers it every live frame; the device drops what it has already delivered
-(by sequence), buffers while its replay runs, and writes through a bounded queue so a
-device that stops reading never delays the others.
+(by sequence), buffers while its replay runs, and writes through a queue bounded both in
+frames and in bytes, so a device that stops reading never delays the others and never
+holds more than ``queue_bytes`` of frames (plus the socket's own small write buffer: the
+writer waits for the transport to drain). Over either bound the device overflows and its
+connection is closed with 4008 (``slow_client``); the client resumes with ``since``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ Send = Callable[[bytes], Awaitable[None]]
 OnOverflow = Callable[["Device"], None]
 OnDelivered = Callable[[int], None]
 
+DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
+STALL_SECONDS = 30.0  # a replay waiting this long for the socket to take frames gives up
+
 
 class Device:
     """Ordering, dedupe by sequence and a bounded send queue for one connection."""
@@ -33,6 +39,7 @@ class Device:
         queue_frames: int,
         on_overflow: OnOverflow,
         on_delivered: OnDelivered | None = None,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
     ) -> None:
         self.session = session
         self._on_delivered = on_delivered  # the read-position bookkeeping (cursors.py)
@@ -41,13 +48,22 @@ class Device:
         self._send = send
         self._on_overflow = on_overflow
         self._limit = queue_frames
+        self._byte_limit = queue_bytes
         self._buffer: list[tuple[int, bytes, int]] = []
+        self._buffer_bytes = 0  # held during the replay
+        self.queued_bytes = 0  # in the send queue, not yet handed to the socket
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.overflowed = False
+        self._gone = False  # the socket failed under the writer
         self.greeted = False
         self.writer: asyncio.Task[None] | None = None
         self._room = asyncio.Event()  # set while the queue is at most half full
         self._room.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Overflowed, or its socket failed: nothing more will be sent."""
+        return self.overflowed or self._gone
 
     def start(self) -> None:
         self.writer = asyncio.create_task(self._write_loop())
@@ -59,14 +75,21 @@ class Device:
         that sequence already has; such a device skips it.
         """
         if self.replaying:
+            if self.overflowed:
+                return
             self._buffer.append((seq, frame, covers))
-            if len(self._buffer) > self._limit:
+            self._buffer_bytes += len(frame)
+            over_bytes = self._buffer_bytes > self._byte_limit and len(self._buffer) > 1
+            if len(self._buffer) > self._limit or over_bytes:
                 self._overflow()
+                self._buffer, self._buffer_bytes = [], 0
             return
-        if seq <= self.delivered or (covers and self.delivered >= covers):
+        if self.overflowed or seq <= self.delivered or (covers and self.delivered >= covers):
             return
-        self.delivered = seq
         self.push(frame)
+        if self.overflowed:
+            return  # not queued: neither delivered nor counted as read
+        self.delivered = seq
         if self._on_delivered is not None:
             self._on_delivered(seq)
 
@@ -74,9 +97,14 @@ class Device:
         """Queue any frame for sending (no sequence check)."""
         if self.overflowed:
             return
-        if self._queue.qsize() >= self._limit:
+        # One frame is always let through, however large, so a frame over the byte bound
+        # cannot make a device overflow on every reconnect.
+        if self._queue.qsize() >= self._limit or (
+            self.queued_bytes and self.queued_bytes + len(frame) > self._byte_limit
+        ):
             self._overflow()
             return
+        self.queued_bytes += len(frame)
         self._queue.put_nowait(frame)
 
     def greet(self, hello: bytes) -> None:
@@ -97,11 +125,18 @@ class Device:
         """
         if seq <= self.delivered:
             return
-        if self._queue.qsize() >= self._limit // 2:
+        if self._queue.qsize() >= self._limit // 2 or self.queued_bytes >= self._byte_limit // 2:
             self._room.clear()
-            await self._room.wait()
-        self.delivered = seq
+            try:
+                await asyncio.wait_for(self._room.wait(), STALL_SECONDS)
+            except TimeoutError:
+                self._overflow()  # not a frame taken for that long: a slow client
+        if self.stopped:
+            return  # the connection is being closed; push() would drop it anyway
         self.push(frame)
+        if self.overflowed:
+            return
+        self.delivered = seq
         if self._on_delivered is not None:
             self._on_delivered(seq)
 
@@ -110,13 +145,21 @@ class Device:
         self.delivered = max(self.delivered, caught_up_to)
         self.replaying = False
         buffered, self._buffer = self._buffer, []
+        self._buffer_bytes = 0
         for seq, frame, covers in buffered:
             self.offer(seq, frame, covers)
 
     def _overflow(self) -> None:
         if not self.overflowed:
             self.overflowed = True
-            log.warning("device_slow", session=self.session, delivered=self.delivered)
+            self._room.set()  # a paced replay must not wait for a writer that is going away
+            log.warning(
+                "device_slow",
+                session=self.session,
+                delivered=self.delivered,
+                queued_frames=self._queue.qsize(),
+                queued_bytes=self.queued_bytes,
+            )
             self._on_overflow(self)
 
     async def _write_loop(self) -> None:
@@ -124,8 +167,19 @@ class Device:
             frame = await self._queue.get()
             if frame is None:
                 return
-            await self._send(frame)
-            if not self._room.is_set() and self._queue.qsize() <= self._limit // 4:
+            try:
+                await self._send(frame)
+            except (ConnectionError, RuntimeError):
+                self._gone = True  # the socket is closing or gone; the connection cleans up
+                self._room.set()  # a paced replay must not wait for this writer
+                return
+            finally:
+                self.queued_bytes -= len(frame)
+            if (
+                not self._room.is_set()
+                and self._queue.qsize() <= self._limit // 4
+                and self.queued_bytes <= self._byte_limit // 4
+            ):
                 self._room.set()
 
     async def close(self) -> None:
@@ -141,6 +195,7 @@ class Device:
             self.writer.cancel()
 
     def abort(self) -> None:
+        self._room.set()
         if self.writer is not None:
             self.writer.cancel()
 

@@ -13,7 +13,7 @@ from services.gateway.ws import MAX_TEXT, parse_since
 from shared import presence, subjects, wire
 from shared.errors import BadFrame, ClientError, FrameTooLarge
 from shared.ids import check_id, new_id
-from shared.tokens import Claims
+from shared.tokens import CONTROL, READ, WRITE, Claims
 
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
@@ -39,11 +39,12 @@ def parse_limit(raw: str | None, maximum: int) -> int:
     return value
 
 
-def authorized(gateway: Gateway, request: web.Request) -> tuple[str, Claims]:
-    """The path's session id, checked, and the token's claims, which must grant it."""
+def authorized(gateway: Gateway, request: web.Request, scope: str = WRITE) -> tuple[str, Claims]:
+    """The path's session id, checked, and the token's claims: they must grant the session
+    and the action ``scope`` (read, write or control; the default fails closed)."""
     session = check_id(request.match_info["session"])
     claims = gateway.authenticate(request)
-    claims.require(session)
+    claims.require(session, scope)
     return session, claims
 
 
@@ -60,7 +61,7 @@ async def json_body(gateway: Gateway, request: web.Request) -> dict[str, Any]:
 async def events(gateway: Gateway, request: web.Request) -> web.Response:
     """``GET /v1/sessions/{id}/events?since=&limit=``: compacted, paginated history."""
     try:
-        session, claims = authorized(gateway, request)
+        session, claims = authorized(gateway, request, READ)
         since = parse_since(request.query.get("since"))
         limit = parse_limit(request.query.get("limit"), gateway.settings.history_limit)
         position = await replay.locate(
@@ -95,7 +96,7 @@ async def events(gateway: Gateway, request: web.Request) -> web.Response:
 async def post_message(gateway: Gateway, request: web.Request) -> web.Response:
     """``POST /v1/sessions/{id}/messages`` with ``{"id": ..., "text": ...}``."""
     try:
-        session, claims = authorized(gateway, request)
+        session, claims = authorized(gateway, request, WRITE)
         frame = await json_body(gateway, request)
         message_id = frame.get("id")
         message_id = check_id(message_id, "message id") if message_id is not None else new_id("u-")
@@ -113,7 +114,7 @@ async def post_message(gateway: Gateway, request: web.Request) -> web.Response:
 async def post_control(gateway: Gateway, request: web.Request) -> web.Response:
     """``POST /v1/sessions/{id}/control`` with ``{"action": "cancel"|"steer"|"approve", ...}``."""
     try:
-        session, claims = authorized(gateway, request)
+        session, claims = authorized(gateway, request, CONTROL)
         frame = await json_body(gateway, request)
         if frame.get("action") == "approve":
             answered = await approvals.answer(
@@ -139,7 +140,7 @@ async def post_control(gateway: Gateway, request: web.Request) -> web.Response:
 async def get_presence(gateway: Gateway, request: web.Request) -> web.Response:
     """``GET /v1/sessions/{id}/presence``: who is in the session now."""
     try:
-        session, claims = authorized(gateway, request)
+        session, claims = authorized(gateway, request, READ)
         current = await presence.snapshot(gateway.nc, subjects.presence_filter(session))
     except ClientError as error:
         return error_response(error)
@@ -148,14 +149,16 @@ async def get_presence(gateway: Gateway, request: web.Request) -> web.Response:
 
 
 async def healthz(gateway: Gateway, request: web.Request) -> web.Response:
+    """Liveness: 200 while the process answers (``status`` says whether NATS is reachable;
+    whether to route traffic here is ``/readyz``'s answer, shared/ops.py)."""
     connected = gateway.nc.is_connected
     return json_response(
         {
             "status": "ok" if connected else "degraded",
             "nats": connected,
+            "draining": gateway.draining,
             "connections": len(gateway.connections),
             **gateway.hubs.stats(),
             "counters": gateway.counters,
-        },
-        status=200 if connected else 503,
+        }
     )

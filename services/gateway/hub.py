@@ -26,6 +26,8 @@ from shared import history, presence, subjects, wire
 
 log = structlog.get_logger(__name__)
 
+HELD_BYTES = 16 * 1024 * 1024  # live frames a resyncing hub holds before it reads the log again
+
 
 class SessionHub:
     """The live feed of one session on this gateway."""
@@ -39,6 +41,8 @@ class SessionHub:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._resyncing = False
         self._held: list[tuple[int, bytes, int]] = []
+        self._held_bytes = 0
+        self._held_overrun = False  # live frames were dropped while resyncing: read again
         self.roster = Roster()
         self.presence_subscription: Subscription | None = None
 
@@ -80,7 +84,10 @@ class SessionHub:
         if event.get("type") == wire.MESSAGE_SNAPSHOT:
             # A checkpoint repeats text a device already has if it has everything up to the
             # previous event on the same message subject.
-            covers = int(headers.get(subjects.LAST_SEQUENCE) or 0)
+            try:
+                covers = int(headers.get(subjects.LAST_SEQUENCE) or 0)
+            except ValueError:
+                covers = 0  # deliver it: a repeat is harmless, a loss is not
         self.deliver(seq, wire.event_frame_raw(seq, msg.data), covers)
 
     async def _on_presence(self, msg: Msg) -> None:
@@ -95,7 +102,13 @@ class SessionHub:
 
     def deliver(self, seq: int, frame: bytes, covers: int = 0) -> None:
         if self._resyncing:
+            if self._held_bytes + len(frame) > self.hubs.held_bytes_limit:
+                # Bounded: drop what is held; the resync reads the log again for it.
+                self._held_overrun = True
+                self._held, self._held_bytes = [], 0
+                return
             self._held.append((seq, frame, covers))
+            self._held_bytes += len(frame)
             return
         self.last_seq = max(self.last_seq, seq)
         for device in tuple(self.devices):
@@ -126,12 +139,18 @@ class SessionHub:
                         device.offer(stored.seq, frame)
                 self.last_seq = max(self.last_seq, page.last_seq)
                 more = page.more
+                if not more and self._held_overrun:
+                    self._held_overrun = False
+                    self._held, self._held_bytes = [], 0
+                    more = True  # what was dropped is stored: read on from last_seq
             log.info("hub_resynced", session=self.session, last_seq=self.last_seq)
         except Exception as exc:  # noqa: BLE001 - keep serving; the next reconnect retries
             log.warning("hub_resync_failed", session=self.session, error=repr(exc))
         finally:
             self._resyncing = False
+            self._held_overrun = False
             held, self._held = self._held, []
+            self._held_bytes = 0
             for seq, frame, covers in held:
                 self.deliver(seq, frame, covers)
 
@@ -152,6 +171,7 @@ class Hubs:
         self.stream = stream
         self.hubs: dict[str, SessionHub] = {}
         self.malformed = 0
+        self.held_bytes_limit = HELD_BYTES
 
     async def join(self, session: str, device: Device) -> SessionHub:
         """Add a device; subscribes to the session's live feed if it is the first."""

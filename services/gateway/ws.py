@@ -10,11 +10,13 @@ else gets an ``error`` frame.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import orjson
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from services.gateway import approvals, control, replay
 from services.gateway.cursors import CursorWriter
@@ -22,9 +24,9 @@ from services.gateway.device import Device, slow_client_error
 from services.gateway.hub import SessionHub
 from services.gateway.messages import publish_user_message
 from shared import wire
-from shared.errors import BadFrame, ClientError, FrameTooLarge
+from shared.errors import BadFrame, ClientError, FrameTooLarge, TooManyConnections, Unauthorized
 from shared.ids import check_id, new_id
-from shared.tokens import Claims
+from shared.tokens import CONTROL, READ, WRITE, Claims
 
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 REPLAY_PAGE = 5000
+CLOSE_TIMEOUT = 5.0  # a close that cannot be written by then (peer not reading) aborts
 MAX_TEXT = 256 * 1024
 
 
@@ -68,7 +71,7 @@ async def handle(gateway: Gateway, request: web.Request) -> web.WebSocketRespons
     try:
         session = check_id(request.match_info["session"])
         claims = gateway.authenticate(request)
-        claims.require(session)
+        claims.require(session, READ)
         since = parse_since(request.query.get("since"))
     except ClientError as error:
         gateway.counters["ws_rejected"] += 1
@@ -78,6 +81,15 @@ async def handle(gateway: Gateway, request: web.Request) -> web.WebSocketRespons
         gateway, ws, session, claims, since, request.query.get("epoch"), device_name[:128]
     ).run()
     return ws
+
+
+def _abort_if_stuck(transport: asyncio.Transport) -> None:
+    """Drop a socket whose peer stopped reading (what it still buffers is discarded)."""
+    try:
+        if transport.get_write_buffer_size() > 0:
+            transport.abort()
+    except (OSError, RuntimeError):  # already gone
+        pass
 
 
 class Connection:
@@ -113,24 +125,78 @@ class Connection:
             queue_frames=gateway.settings.send_queue_frames,
             on_overflow=self._overflowed,
             on_delivered=self.cursor.note if self.cursor is not None else None,
+            queue_bytes=gateway.settings.send_queue_bytes,
         )
+        self.gate = gateway.limits.frame_gate(claims, session)
+        request = ws._req  # aiohttp keeps no public handle on the transport
+        self._transport = request.transport if request is not None else None
         self.log = log.bind(session=session, connection=self.id)
 
     async def _send(self, frame: bytes) -> None:
         await self.ws.send_frame(frame, WSMsgType.TEXT)
+        self.gateway.metrics.frame_out(frame)
 
     def _overflowed(self, device: Device) -> None:
-        asyncio.create_task(self._close_slow())
+        self._slow_close = asyncio.create_task(self._close_slow())  # referenced: not GC'd
 
     async def _close_slow(self) -> None:
         error = slow_client_error()
+        self.gateway.counters["slow_clients"] += 1
+        # The writer is stopped after the close, not before: it may be waiting for the socket
+        # to drain, and cancelling it would cancel aiohttp's shared drain waiter, which the
+        # close frame then waits on too. (The writer ends by itself: aiohttp refuses frames
+        # after the close frame.)
+        await self._close_within(
+            self.ws.close(code=error.ws_close_code, message=error.code.encode())
+        )
         self.device.abort()
-        await self.ws.close(code=error.ws_close_code, message=error.code.encode())
+
+    async def _close_within(self, closing: Awaitable[object]) -> None:
+        """Run a close; a peer that does not read cannot take even the close frame, so a
+        socket still holding unsent data ``CLOSE_TIMEOUT`` after the close is aborted."""
+        request = self.ws._req  # aiohttp keeps no public handle on the transport
+        transport = request.transport if request is not None else None
+        try:
+            await asyncio.wait_for(closing, CLOSE_TIMEOUT)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            if transport is not None:
+                _abort_if_stuck(transport)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # Not us: aiohttp's shared drain waiter was cancelled (a writer stopped while the
+            # peer was not reading), so the close frame could not be written.
+            if transport is not None:
+                _abort_if_stuck(transport)
+        else:
+            if transport is not None:  # closed gracefully, maybe still flushing: check later
+                asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, _abort_if_stuck, transport)
+
+    async def close_for_restart(self) -> None:
+        """The gateway is draining (its queue was flushed first): close 1012, service
+        restart; the client reconnects with ``since``, possibly to another gateway."""
+        self.device.abort()
+        await self._close_within(
+            self.ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"service restart")
+        )
+
+    async def _refuse(self, error: ClientError) -> None:
+        self.gateway.counters["ws_refused_" + error.code] += 1
+        self.log.info("ws_refused", code=error.code, subject=self.claims.subject)
+        await self._close_within(reject(self.ws, error))
 
     async def run(self) -> None:
         gateway = self.gateway
+        if not gateway.limits.connections.acquire(self.claims.subject):
+            limit = gateway.limits.connections.maximum
+            await self._refuse(
+                TooManyConnections(f"this token's subject already has {limit} connections here")
+            )
+            return
         gateway.connections.add(self)
         self.device.start()
+        expiry = self._close_at_expiry()
         self.log.info("ws_connected", since=self.since)
         role = "agent" if self.claims.role == "agent" else "user"
         entry = gateway.presence.entry(
@@ -147,6 +213,8 @@ class Connection:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            expiry.cancel()
+            gateway.limits.connections.release(self.claims.subject)
             gateway.connections.discard(self)
             await gateway.presence.remove(entry.key, "closed")
             await gateway.hubs.leave(self.session, self.device)
@@ -154,8 +222,22 @@ class Connection:
             if self.cursor is not None:
                 await self.cursor.close()
             if not self.ws.closed:
-                await self.ws.close()
+                await self._close_within(self.ws.close())
+            elif self._transport is not None:  # closed by aiohttp (heartbeat): may be stuck
+                loop = asyncio.get_running_loop()
+                loop.call_later(CLOSE_TIMEOUT, _abort_if_stuck, self._transport)
             self.log.info("ws_closed", code=self.ws.close_code, delivered=self.device.delivered)
+
+    def _close_at_expiry(self) -> asyncio.TimerHandle:
+        """Close with 4401 when the token expires (plus the leeway): no socket outlives it."""
+        delay = self.claims.expires_at + self.gateway.settings.jwt_leeway_seconds - time.time()
+        return asyncio.get_running_loop().call_later(max(0.0, delay), self._token_expired)
+
+    def _token_expired(self) -> None:
+        self.gateway.counters["ws_token_expired"] += 1
+        self.log.info("ws_token_expired", subject=self.claims.subject)
+        error = Unauthorized("token expired; reconnect with a new token and since")
+        self._expired = asyncio.create_task(self._close_within(reject(self.ws, error)))
 
     async def _replay(self, hub: SessionHub) -> None:
         gateway = self.gateway
@@ -180,6 +262,7 @@ class Connection:
             )
         )
         last = position.since
+        replayed_events = replayed_bytes = 0
         async for chunk in replay.pages(
             gateway.nc,
             gateway.settings.log.stream,
@@ -188,9 +271,15 @@ class Connection:
             page_size=REPLAY_PAGE,
         ):
             for seq, event in chunk.events:
-                await self.device.replayed(seq, wire.event_frame(seq, event))
+                frame = wire.event_frame(seq, event)
+                replayed_events += 1
+                replayed_bytes += len(frame)
+                await self.device.replayed(seq, frame)
+            if self.device.stopped:
+                raise ConnectionResetError("slow or gone client: closed during its replay")
             last = chunk.last_seq
             gateway.counters["replayed_events"] += len(chunk.events)
+        gateway.metrics.replayed(replayed_events, replayed_bytes)
         caught_up = max(last, self.device.delivered)
         self.device.push(orjson.dumps({"type": "caught_up", "seq": caught_up}))
         self.device.go_live(caught_up)
@@ -198,6 +287,13 @@ class Connection:
 
     async def _read_loop(self) -> None:
         async for msg in self.ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not self.gate.allow():
+                self.gateway.counters["frames_rate_limited"] += 1
+                if self.gate.refused > self.gateway.settings.frame_burst:
+                    await self._refuse(self.gate.error())  # kept on flooding: close 4429
+                    break
+                self._error(self.gate.error())  # this frame is dropped, not processed
+                continue
             if msg.type == WSMsgType.TEXT:
                 await self._on_frame(msg.data)
             elif msg.type == WSMsgType.BINARY:
@@ -217,8 +313,10 @@ class Connection:
         try:
             frame = wire.parse_client_frame(data)
         except ClientError as error:
+            self.gateway.metrics.frame_in(None)
             self._error(error)
             return
+        self.gateway.metrics.frame_in(frame.get("type"))
         ref = frame.get("id") if isinstance(frame.get("id"), str) else None
         try:
             kind = frame["type"]
@@ -239,6 +337,7 @@ class Connection:
             self._error(error, id=ref)
 
     async def _on_send(self, frame: dict[str, object]) -> None:
+        self.claims.require_scope(WRITE)
         message_id = frame.get("id")
         message_id = check_id(message_id, "message id") if message_id is not None else new_id("u-")
         text = wire.require_str(frame, "text", max_len=MAX_TEXT)
@@ -253,6 +352,7 @@ class Connection:
         )
 
     async def _on_control(self, frame: dict[str, object]) -> None:
+        self.claims.require_scope(CONTROL)
         stored = await control.publish_control(
             self.gateway.nc,
             self.gateway.settings.log.stream,
@@ -273,6 +373,7 @@ class Connection:
         )
 
     async def _on_approve(self, frame: dict[str, object], ref: str | None) -> None:
+        self.claims.require_scope(CONTROL)
         answered = await approvals.answer(
             self.gateway.nc,
             self.gateway.settings.log.stream,

@@ -14,6 +14,7 @@ import asyncio
 import random
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,9 +25,11 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from services.notifier import signing
+from services.notifier.metrics import NotifierMetrics
 from services.notifier.settings import NotifierSettings
 from shared import webhooks
-from shared.errors import ClientError
+from shared.errors import ClientError, InvalidId
+from shared.ids import check_id
 from shared.urlsafety import SafeResolver, check_url
 from shared.webhooks import Subscription
 
@@ -52,8 +55,15 @@ def origin(url: str) -> str:
 class Deliverer:
     """POSTs delivery jobs; one instance per notifier process."""
 
-    def __init__(self, settings: NotifierSettings, subscriptions: KeyValue, dead: KeyValue) -> None:
+    def __init__(
+        self,
+        settings: NotifierSettings,
+        subscriptions: KeyValue,
+        dead: KeyValue,
+        metrics: NotifierMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics or NotifierMetrics()
         self.subscriptions = subscriptions
         self.dead = dead
         self.http: aiohttp.ClientSession | None = None
@@ -89,7 +99,8 @@ class Deliverer:
         try:
             job: dict[str, Any] = orjson.loads(msg.data)
             wid, sid = str(job["webhook_id"]), str(job["subscription"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            check_id(sid, "subscription id")  # a KV key: a bad one would fail on every retry
+        except (orjson.JSONDecodeError, KeyError, TypeError, InvalidId):
             log.warning("webhook_job_malformed", seq=msg.metadata.sequence.stream)
             await msg.term()
             return
@@ -99,9 +110,19 @@ class Deliverer:
             log.info("webhook_dropped", webhook=sid, webhook_id=wid, why="subscription deleted")
             await msg.ack()
             return
+        started = time.monotonic()
         error = await self.post(subscription, wid, job["payload"])
+        self.metrics.attempts.inc()
+        self.metrics.request_seconds.observe(time.monotonic() - started)
+        if error is not None:
+            self.metrics.failures.inc()
         if error is None:
             await msg.ack()
+            enqueued = msg.metadata.timestamp
+            if enqueued.tzinfo is None:
+                enqueued = enqueued.replace(tzinfo=UTC)
+            latency = (datetime.now(UTC) - enqueued).total_seconds()
+            self.metrics.delivery_seconds.observe(max(0.0, latency))
             log.info("webhook_delivered", webhook=sid, webhook_id=wid, attempt=attempt)
         elif attempt >= self.settings.max_attempts:
             await self.dead_letter(subscription, job, attempt, error)
@@ -158,4 +179,5 @@ class Deliverer:
             "job": job,
         }
         await self.dead.put(wid, orjson.dumps(record))
+        self.metrics.dead_letters.inc()
         log.warning("webhook_dead_lettered", webhook=subscription.id, webhook_id=wid, error=error)

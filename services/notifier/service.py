@@ -19,9 +19,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from services.notifier.delivery import Deliverer
+from services.notifier.metrics import NotifierMetrics
 from services.notifier.settings import NotifierSettings
 from services.notifier.trigger import Trigger
-from shared import natsconn, presence, subjects, webhooks
+from shared import natsconn, ops, presence, subjects, webhooks
 from shared.streams import ensure_stream
 
 log = structlog.get_logger(__name__)
@@ -43,10 +44,31 @@ class NotifierService:
         self._loops: list[asyncio.Task[None]] = []
         self._subs: list[JetStreamContext.PullSubscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics = NotifierMetrics()
+        self.ops = ops.Ops("notifier", self.metrics, self._readiness)
+        self.ops_server = ops.OpsServer(self.ops, settings.http)
+
+    async def _readiness(self) -> str | None:
+        """Connected, and the session log, the delivery queue and every bucket exist."""
+        streams = [
+            self.settings.log.stream,
+            subjects.DELIVERIES_STREAM,
+            *(
+                f"KV_{name}"
+                for name in (
+                    subjects.WEBHOOKS_BUCKET,
+                    subjects.CURSORS_BUCKET,
+                    subjects.DEAD_LETTERS_BUCKET,
+                )
+            ),
+        ]
+        return await ops.nats_readiness(self.nc, streams)
 
     async def start(self) -> None:
         settings = self.settings
+        await self.ops_server.start()  # /healthz at once; /readyz says when NATS is there
         self.nc = nc = await natsconn.connect(settings.nats)
+        self.metrics.watch(nc)
         replicas = settings.log.replicas
         await ensure_stream(nc, settings.log)
         await presence.ensure_bucket(nc, replicas)
@@ -55,7 +77,7 @@ class NotifierService:
         positions = await webhooks.bucket(nc, subjects.CURSORS_BUCKET, replicas)
         dead = await webhooks.bucket(nc, subjects.DEAD_LETTERS_BUCKET, replicas)
         trigger = Trigger(nc, settings, positions)
-        self.deliverer = Deliverer(settings, subs, dead)
+        self.deliverer = Deliverer(settings, subs, dead, self.metrics)
         await self.deliverer.start()
         js = nc.jetstream(timeout=5)
         triggers = await js.pull_subscribe(
@@ -120,6 +142,10 @@ class NotifierService:
             log.warning("notifier_handle_failed", consumer=name, error=repr(exc))
 
     async def stop(self) -> None:
+        """Drain: /readyz 503; stop fetching; in-flight deliveries get ``STOP_GRACE`` to
+        finish and ack (the rest stay unacked: redelivered elsewhere); unsubscribe; close
+        the HTTP client; drain NATS (pending acks flushed); stop the ops server."""
+        self.ops.start_draining()
         self.stopping.set()
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._tasks:
@@ -136,6 +162,7 @@ class NotifierService:
             await self.deliverer.close()
         if self.nc is not None:
             await natsconn.close(self.nc)
+        await self.ops_server.stop()
         log.info("notifier_stopped")
 
 
@@ -147,6 +174,7 @@ async def serve(settings: NotifierSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
-    print(orjson.dumps({"event": "ready", "service": "notifier"}).decode(), flush=True)
+    ready = {"event": "ready", "service": "notifier", "port": service.ops_server.port}
+    print(orjson.dumps(ready).decode(), flush=True)
     await stop.wait()
     await service.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.ops import OpsSettings
 from shared.settings import Env, LogSettings, NatsSettings
 from shared.urlsafety import AddressPolicy
 
@@ -22,6 +23,8 @@ class NotifierSettings:
     ack_wait_seconds: float = 30.0
     concurrency: int = 4
     policy: AddressPolicy = field(default_factory=AddressPolicy)
+    # /healthz, /readyz, /metrics (TETHER_NOTIFIER_HTTP_HOST / _PORT; port 0: random)
+    http: OpsSettings = field(default_factory=OpsSettings)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> NotifierSettings:
@@ -45,4 +48,5 @@ class NotifierSettings:
             ),
             concurrency=env.integer("TETHER_WEBHOOK_CONCURRENCY", cls.concurrency, minimum=1),
             policy=AddressPolicy.from_env(env),
+            http=OpsSettings.from_env("notifier", env),
         )

@@ -21,15 +21,43 @@ import orjson
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from prometheus_client import Counter as MetricCounter
 
 from services.presence.settings import PresenceSettings
-from shared import natsconn, presence, subjects
+from shared import natsconn, ops, presence, subjects
 from shared.errors import InvalidId, TetherError
 from shared.presence import Change
 
 log = structlog.get_logger(__name__)
 
 Owner = tuple[str, int]
+LEAVE_REASONS = ("closed", "crashed", "expired")  # metric labels (others: "other")
+STOP_GRACE = 5.0  # removals in flight at SIGTERM get this long (after the grace) to finish
+
+
+class PresenceMetrics(ops.Metrics):
+    """Presence events this instance saw on the bucket's live feed, and its own removals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.joins = MetricCounter(
+            "tether_presence_joins",
+            "Presence keys that appeared (a connection joined a session).",
+            registry=self.registry,
+        )
+        self.leaves = MetricCounter(
+            "tether_presence_leaves",
+            "Presence keys removed, by reason (closed, crashed, expired, other).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in (*LEAVE_REASONS, "other"):  # every reason shows from the first scrape
+            self.leaves.labels(reason)
+        self.crash_removals = MetricCounter(
+            "tether_presence_crash_removals",
+            "Keys this instance removed because their connection died (reason crashed).",
+            registry=self.registry,
+        )
 
 
 class PresenceService:
@@ -43,10 +71,22 @@ class PresenceService:
         self.nc: NATS | None = None
         self.sys: NATS | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reconciler: asyncio.Task[None] | None = None
+        self.metrics = PresenceMetrics()
+        self.ops = ops.Ops("presence", self.metrics, self._readiness)
+        self.ops_server = ops.OpsServer(self.ops, settings.http)
+
+    async def _readiness(self) -> str | None:
+        if self.sys is None or not self.sys.is_connected:
+            return "not connected to NATS as the system account user"
+        return await ops.nats_readiness(self.nc, [subjects.PRESENCE_STREAM])
 
     async def start(self) -> None:
+        await self.ops_server.start()  # /healthz at once; /readyz says when NATS is there
         self.nc = await natsconn.connect(self.settings.nats, on_reconnect=self.reload)
+        self.metrics.watch(self.nc)
         self.sys = await natsconn.connect(self.settings.sys_nats)
+        self.metrics.watch(self.sys)
         await presence.ensure_bucket(self.nc, self.settings.replicas)
         await self.nc.subscribe(f"{subjects.PRESENCE_LIVE_ROOT}.>", cb=self._on_change)
         await self.nc.subscribe(
@@ -56,7 +96,7 @@ class PresenceService:
         await self.reload()
         await self.sys.subscribe(subjects.SYS_DISCONNECT, cb=self._on_disconnect)
         await self.sys.flush()
-        self._spawn(self._reconcile_loop())
+        self._reconciler = asyncio.create_task(self._reconcile_loop())
         log.info("presence_ready", keys=len(self.index), owners=len(self.owners))
 
     async def reload(self) -> None:
@@ -96,6 +136,13 @@ class PresenceService:
         if change is None:
             self.counters["malformed"] += 1
             return
+        known = self.index.get(change.key)
+        if known is None or known.seq < change.seq:
+            if change.entry is None:
+                reason = change.reason or "closed"
+                self.metrics.leaves.labels(reason if reason in LEAVE_REASONS else "other").inc()
+            elif known is None:
+                self.metrics.joins.inc()
         self.apply(change)
 
     async def _on_ask(self, msg: Msg) -> None:
@@ -149,6 +196,8 @@ class PresenceService:
             log.warning("presence_remove_failed", key=key, error=repr(exc))
             return
         self.counters["crashed" if removed else "raced"] += 1
+        if removed:
+            self.metrics.crash_removals.inc()
 
     async def connected_owners(self) -> set[Owner] | None:
         """Every client connection the servers report (CONNZ), or None if one failed."""
@@ -194,12 +243,24 @@ class PresenceService:
             await asyncio.sleep(self.settings.reconcile_seconds)
 
     async def stop(self) -> None:
+        """Drain: /readyz 503; stop following disconnect events (drain the system
+        connection); let removals already scheduled finish; drain the application
+        connection (answers in flight are sent); stop the ops server."""
+        self.ops.start_draining()
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            await asyncio.gather(self._reconciler, return_exceptions=True)
+        if self.sys is not None:
+            await natsconn.close(self.sys)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.settings.grace_ms / 1000 + STOP_GRACE)
         for task in list(self._tasks):
-            task.cancel()
+            task.cancel()  # the next instance's reconcile removes what is left
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for nc in (self.sys, self.nc):
-            if nc is not None:
-                await natsconn.close(nc)
+        if self.nc is not None:
+            await natsconn.close(self.nc)
+        await self.ops_server.stop()
+        log.info("presence_stopped")
 
 
 async def _collect(replies: list[dict[str, Any]], msg: Msg) -> None:
@@ -217,6 +278,7 @@ async def serve(settings: PresenceSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
-    print(orjson.dumps({"event": "ready", "service": "presence"}).decode(), flush=True)
+    ready = {"event": "ready", "service": "presence", "port": service.ops_server.port}
+    print(orjson.dumps(ready).decode(), flush=True)
     await stop.wait()
     await service.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from shared.errors import ConfigError
+from shared.ops import OpsSettings
 from shared.settings import Env, NatsSettings
 
 
@@ -18,6 +19,8 @@ class PresenceSettings:
     grace_ms: float = 100.0
     reconcile_seconds: float = 30.0
     replicas: int = 1
+    # /healthz, /readyz, /metrics (TETHER_PRESENCE_HTTP_HOST / _PORT; port 0: random)
+    http: OpsSettings = field(default_factory=OpsSettings)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> PresenceSettings:
@@ -43,4 +46,5 @@ class PresenceSettings:
                 "TETHER_PRESENCE_RECONCILE_SECONDS", cls.reconcile_seconds, minimum=1
             ),
             replicas=env.integer("TETHER_STREAM_REPLICAS", cls.replicas, minimum=1),
+            http=OpsSettings.from_env("presence", env),
         )
