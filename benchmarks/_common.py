@@ -345,7 +345,10 @@ class Children:
 
 
 async def start_gateway(
-    children: Children, server: EmbeddedNats, name: str = "gateway"
+    children: Children,
+    server: EmbeddedNats,
+    name: str = "gateway",
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Child, int]:
     """A gateway subprocess (``python -m shared.cli gateway``) on a random loopback port."""
     env = {
@@ -354,6 +357,14 @@ async def start_gateway(
         "TETHER_GATEWAY_HOST": "127.0.0.1",
         "TETHER_GATEWAY_PORT": "0",
         "TETHER_LOG_FORMAT": "json",
+        # Benchmark devices share one token subject across up to thousands of sessions, and
+        # a benchmark measures the gateway, not its rate limits (they stay on, just high).
+        "TETHER_MAX_CONNECTIONS_PER_SUBJECT": "1000000",
+        "TETHER_WS_FRAMES_PER_SECOND": "1000000",
+        "TETHER_WS_FRAME_BURST": "1000000",
+        "TETHER_TOKEN_REQUESTS_PER_SECOND": "1000000",
+        "TETHER_TOKEN_BURST": "1000000",
+        **(extra_env or {}),
     }
     child = await children.start(name, ["-m", "shared.cli", "gateway"], env)
     ready = await child.expect("ready", 30)
@@ -364,6 +375,16 @@ def start_nats(data_dir: Path) -> EmbeddedNats:
     server = EmbeddedNats(data_dir, host="127.0.0.1", port=-1)
     server.start()
     return server
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (children inherit it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def install_signal_exit() -> None:

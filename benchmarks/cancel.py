@@ -130,12 +130,13 @@ async def main(args: argparse.Namespace) -> None:
     say(table(["", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"], rows))
     p99 = results["cancel_to_agent"]["p99_ms"]
     say(f"target p99 <= 20 ms: {'met' if p99 <= 20 else 'NOT met'} ({p99:.2f} ms)")
-    write_json(RESULTS / "cancel.json", {"machine": info, "cancels": args.cancels, **results})
+    write_json(args.out, {"machine": info, "cancels": args.cancels, **results})
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cancels", type=int, default=200, help="samples (default 200)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "cancel.json")
     return parser.parse_args()
 
 

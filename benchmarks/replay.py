@@ -741,7 +741,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             children, server, nc, (target, target_ckpt), events, final_text, args.reconnects
         )
 
-        counts = [1_000] if args.quick else [1_000, 5_000]
+        counts = [50] if args.tiny else [1_000] if args.quick else [1_000, 5_000]
         say(f"\n(c) creating {' then '.join(f'{n:,}' for n in counts)} consumers")
         costs = await consumer_costs(nc, pid, counts, args.consumer_budget, args.idle_seconds)
 
@@ -791,8 +791,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true", help="5 repetitions, N=1,000 only")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke-test scale: 500 deltas, 5 other sessions x 100 events, N=50 consumers",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "replay.json")
     args = parser.parse_args(argv)
+    if args.tiny:
+        global DELTAS, OTHER_SESSIONS, OTHER_EVENTS
+        DELTAS, OTHER_SESSIONS, OTHER_EVENTS = 500, 5, 100
+        args.quick, args.repeats, args.reconnects = True, 2, 2
+        args.idle_seconds = min(args.idle_seconds, 0.5)
     if args.quick:
         args.repeats, args.reconnects = min(args.repeats, 5), min(args.reconnects, 3)
     return args

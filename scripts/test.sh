@@ -11,9 +11,10 @@ if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 
 fi
 
 # Debian's Chromium for the browser test (Playwright drives it; no browser download),
-# node for the JS unit tests (`node --test`; they need no npm packages), and Caddy for the
+# node for the JS unit tests (`node --test`; they need no npm packages), redis-server for the
+# smoke test of the Redis + SSE benchmark baseline, and Caddy for the
 # test of compose's reverse proxy config (deploy/Caddyfile).
-for tool in chromium:chromium node:nodejs caddy:caddy; do
+for tool in chromium:chromium node:nodejs redis-server:redis-server caddy:caddy; do
   if ! command -v "${tool%%:*}" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     (apt-get install -y -q "${tool#*:}" >/dev/null 2>&1 \
       || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${tool#*:}" >/dev/null 2>&1)) \

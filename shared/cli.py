@@ -16,7 +16,7 @@ from shared.errors import ConfigError, TetherError
 from shared.ids import new_id
 from shared.settings import Env, Secret
 from shared.supervisor import dev_secret
-from shared.tokens import ROLES, mint
+from shared.tokens import ALGORITHM, ROLES, SCOPES, SigningKey, mint
 
 
 def default_data_dir() -> Path:
@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("notifier", help="run the webhook notifier (settings from TETHER_* variables)")
+    bench = sub.add_parser(
+        "bench",
+        add_help=False,
+        help="run the benchmarks (from a source checkout) and write docs/benchmarks.md; "
+        "tether bench --help",
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -115,6 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", default="dev")
     token.add_argument("--role", choices=ROLES, default="user")
     token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    token.add_argument(
+        "--scope",
+        nargs="+",
+        choices=SCOPES,
+        default=None,
+        help="actions granted (default: the role's: user/agent read write control, admin all)",
+    )
+    token.add_argument(
+        "--kid",
+        default="",
+        help="key id header naming one of the gateway's TETHER_JWT_KEYS (without --key-file: "
+        "an HS256 key whose secret is in $TETHER_JWT_SECRET)",
+    )
+    token.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="PEM private key (RSA: RS256, P-256: ES256, Ed25519: EdDSA); "
+        "default: HS256 with $TETHER_JWT_SECRET",
+    )
+    token.add_argument("--audience", default=os.environ.get("TETHER_JWT_AUDIENCE") or "tether")
+    token.add_argument("--issuer", default=os.environ.get("TETHER_JWT_ISSUER", ""))
     token.add_argument("--data-dir", type=Path, default=None)
     return parser
 
@@ -122,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
 def signing_secret(data_dir: Path | None) -> Secret:
     secret = Env().secret("TETHER_JWT_SECRET")
     return secret if secret else dev_secret(data_dir or default_data_dir())
+
+
+def token_signing_key(args: argparse.Namespace) -> SigningKey:
+    """``tether token``'s key: ``--key-file`` (a PEM private key) or the HS256 secret."""
+    if args.key_file is None:
+        return SigningKey(ALGORITHM, signing_secret(args.data_dir), kid=args.kid)
+    try:
+        pem = args.key_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--key-file names {str(args.key_file)!r}: {exc.strerror}") from None
+    try:
+        return SigningKey.from_private_pem(pem, kid=args.kid)
+    except ValueError as exc:
+        raise ConfigError(f"--key-file {str(args.key_file)!r} {exc}") from None
 
 
 def client_token(args: argparse.Namespace, role: str = "user") -> str:
@@ -252,7 +295,26 @@ async def cmd_presence(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """``tether bench``: ``benchmarks/run.py`` of the source checkout this package runs from."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").exists():
+        print("tether: bench needs a source checkout (benchmarks/ beside shared/)", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks import run as bench_run  # type: ignore[import-not-found,unused-ignore]
+
+    return int(bench_run.main(argv))
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its options pass through to benchmarks/run.py
+        try:
+            sys.exit(cmd_bench(argv[1:]))
+        except KeyboardInterrupt:
+            sys.exit(130)
     args = build_parser().parse_args(argv)
     try:
         code = run(args)
@@ -327,15 +389,20 @@ def run(args: argparse.Namespace) -> int:
     if command == "send":
         return asyncio.run(cmd_send(args))
     if command == "token":
-        print(
-            mint(
-                signing_secret(args.data_dir),
+        try:
+            tok = mint(
+                token_signing_key(args),
                 subject=args.subject,
                 sessions=args.sessions,
                 role=args.role,
                 ttl_seconds=args.ttl,
+                audience=args.audience,
+                issuer=args.issuer,
+                scopes=args.scope,
             )
-        )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        print(tok)
         return 0
     raise ConfigError(f"unknown command {command!r}")
 

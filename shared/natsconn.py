@@ -10,6 +10,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 
+from shared import natsfast
 from shared.errors import Unavailable
 from shared.settings import NatsSettings
 
@@ -27,6 +28,7 @@ async def connect(
     first_connect_seconds: float = 30.0,
 ) -> NATS:
     """Connect (retrying for ``first_connect_seconds``), then reconnect forever."""
+    natsfast.install()  # nats-py's header parser, twice as fast, same result (idempotent)
 
     async def error_cb(exc: Exception) -> None:
         log.warning("nats_error", error=repr(exc))
