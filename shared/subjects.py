@@ -48,6 +48,13 @@ def session_filter(session: str) -> str:
     return f"{LOG_ROOT}.{check_id(session)}.>"
 
 
+def kind_filter(session: str, kind: str) -> str:
+    """Every stored subject of one kind (``u``, ``a``, ``r``, ``c``) in one session."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    return f"{LOG_ROOT}.{check_id(session)}.{kind}.*"
+
+
 def live_filter(session: str) -> str:
     """Every republished (live) subject of one session."""
     return f"{LIVE_ROOT}.{check_id(session)}.>"

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from services.notifier.settings import NotifierSettings
-from shared import cursors, history, presence, subjects, webhooks, wire
+from shared import cursors, directget, presence, subjects, webhooks, wire
 from shared.webhooks import Subscription
 
 log = structlog.get_logger(__name__)
@@ -37,20 +37,51 @@ class RunContext:
 
 
 async def run_context(nc: NATS, stream: str, session: str, event: dict[str, Any]) -> RunContext:
-    """The run's user and the first characters of its last agent message."""
+    """The run's user and the first characters of its last agent message.
+
+    Reads only what it needs, not the session's whole history: the session's user messages
+    (when the event names no user: the author of the latest one) and the agent messages
+    stored since the run started (each is one stored message once complete).
+    """
     user = event.get("user") if isinstance(event.get("user"), str) else None
-    page = await history.read(nc, stream, session, 0)
+    run = event.get("run")
+    if user is None:
+
+        def author(seq: int, headers: dict[str, str], data: bytes) -> bool:
+            nonlocal user
+            item = wire.decode_event(data)
+            if item is not None and item.get("type") in wire.FINAL_MESSAGE_TYPES:
+                participant = item.get("participant")
+                user = participant if isinstance(participant, str) else user
+            return True
+
+        await directget.scan(nc, stream, subjects.kind_filter(session, subjects.USER), 0, author)
     summary = ""
-    for stored in page.events:
-        item = stored.event
-        if item.get("type") not in wire.FINAL_MESSAGE_TYPES:
-            continue
-        if item.get("role") == "user" and event.get("user") is None:
-            participant = item.get("participant")
-            user = participant if isinstance(participant, str) else user
-        elif item.get("role") == "agent" and item.get("run") == event.get("run"):
-            text = item.get("text")
-            summary = text[:SUMMARY_CHARS] if isinstance(text, str) else summary
+    if not isinstance(run, str):
+        return RunContext(user, summary)
+    started = 0
+
+    def first(seq: int, headers: dict[str, str], data: bytes) -> bool:
+        nonlocal started
+        started = started or seq
+        return True
+
+    await directget.scan(nc, stream, subjects.run_events(session, run), 0, first, limit=1)
+
+    def agent_text(seq: int, headers: dict[str, str], data: bytes) -> bool:
+        nonlocal summary
+        item = wire.decode_event(data)
+        if (
+            item is not None
+            and item.get("type") in wire.FINAL_MESSAGE_TYPES
+            and item.get("run") == run
+            and isinstance(item.get("text"), str)
+        ):
+            summary = item["text"][:SUMMARY_CHARS]
+        return True
+
+    agents = subjects.kind_filter(session, subjects.AGENT)
+    await directget.scan(nc, stream, agents, max(started - 1, 0), agent_text)
     return RunContext(user, summary)
 
 
