@@ -254,9 +254,10 @@ def connections_section(data: Json | None) -> str:
         "to one more device. Baseline: the same stream with no other connection. KB = "
         "1,000 bytes of gateway VmRSS growth per connection (`benchmarks/connections.py`). "
         f"Opening them took {data['connect_seconds']:.1f} s "
-        f"({data.get('connects_per_s') or 0:,.0f}/s). In these runs a p99 far above p50 "
-        "among 10,000 connections was one CPython full garbage collection pausing the "
-        "gateway for ~1–1.6 s (see the analysis at the end).\n\n"
+        f"({data.get('connects_per_s') or 0:,.0f}/s). Before the gateway's GC policy "
+        "(`TETHER_GC_FREEZE`, `TETHER_GC_THRESHOLDS`) a p99 far above p50 among 10,000 "
+        "connections was a CPython full garbage collection pausing the gateway for 1–2.4 s "
+        "(see the analysis at the end).\n\n"
         + md_table(
             [
                 "connections",

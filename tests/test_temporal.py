@@ -76,6 +76,7 @@ def temporal_server(tmp_path: Path) -> Iterator[str]:
 async def test_worker_sigkill_retry_continues_message(
     gateway: Gateway, agent_proc: StartAgent, temporal_server: str
 ) -> None:
+    """Worker SIGKILLed mid-answer: Temporal retries, one complete answer, run.completed once."""
     from temporalio.client import Client
 
     from examples.temporal.workflow import TASK_QUEUE, AnswerWorkflow, answer_text

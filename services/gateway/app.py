@@ -26,7 +26,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from services.gateway import admin, aisdk, durable_streams, http, static, ws
+from services.gateway import admin, aisdk, durable_streams, gcpolicy, http, static, ws
 from services.gateway.auth import origin_middleware
 from services.gateway.hub import Hubs
 from services.gateway.limits import Limits, middleware
@@ -229,6 +229,7 @@ async def serve(settings: GatewaySettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await gateway.start()
+    gcpolicy.apply(settings.gc_thresholds, settings.gc_freeze)
     print(
         orjson.dumps({"event": "ready", "service": "gateway", "port": gateway.port}).decode(),
         flush=True,

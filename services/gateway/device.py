@@ -6,11 +6,17 @@ frames and in bytes, so a device that stops reading never delays the others and 
 holds more than ``queue_bytes`` of frames (plus the socket's own small write buffer: the
 writer waits for the transport to drain). Over either bound the device overflows and its
 connection is closed with 4008 (``slow_client``); the client resumes with ``since``.
+
+While nothing is queued and the socket takes data (``write_now``: not over its high-water
+mark), a frame is written at once, in the caller's turn of the event loop; otherwise it is
+queued and a writer task (started when needed, ended when the queue is empty) drains the
+queue through ``send``, waiting for the socket as it goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -20,6 +26,7 @@ from shared.errors import SlowClient
 log = structlog.get_logger(__name__)
 
 Send = Callable[[bytes], Awaitable[None]]
+WriteNow = Callable[[bytes], bool]  # True: written to the socket now; False: queue it
 OnOverflow = Callable[["Device"], None]
 OnDelivered = Callable[[int], None]
 
@@ -40,23 +47,27 @@ class Device:
         on_overflow: OnOverflow,
         on_delivered: OnDelivered | None = None,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        write_now: WriteNow | None = None,
     ) -> None:
         self.session = session
         self._on_delivered = on_delivered  # the read-position bookkeeping (cursors.py)
         self.delivered = since
         self.replaying = True
         self._send = send
+        self._write_now = write_now
         self._on_overflow = on_overflow
         self._limit = queue_frames
         self._byte_limit = queue_bytes
         self._buffer: list[tuple[int, bytes, int]] = []
         self._buffer_bytes = 0  # held during the replay
         self.queued_bytes = 0  # in the send queue, not yet handed to the socket
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._queue: deque[bytes] = deque()
         self.overflowed = False
         self._gone = False  # the socket failed under the writer
         self.greeted = False
-        self.writer: asyncio.Task[None] | None = None
+        self._started = False  # frames queue until start()
+        self._halted = False  # close() or abort(): nothing more is written
+        self.writer: asyncio.Task[None] | None = None  # while the queue is being drained
         self._room = asyncio.Event()  # set while the queue is at most half full
         self._room.set()
 
@@ -66,7 +77,8 @@ class Device:
         return self.overflowed or self._gone
 
     def start(self) -> None:
-        self.writer = asyncio.create_task(self._write_loop())
+        self._started = True
+        self._drain()
 
     def offer(self, seq: int, frame: bytes, covers: int = 0) -> None:
         """A live (or resynced) event frame; delivered once, in sequence order.
@@ -95,17 +107,32 @@ class Device:
 
     def push(self, frame: bytes) -> None:
         """Queue any frame for sending (no sequence check)."""
-        if self.overflowed:
+        if self.overflowed or self._halted:
             return
+        if (
+            not self._queue
+            and self._write_now is not None
+            and self._started
+            and not self._gone
+            and self.writer is None
+        ):
+            try:
+                if self._write_now(frame):
+                    return
+            except (ConnectionError, RuntimeError):
+                self._failed()
+                return
         # One frame is always let through, however large, so a frame over the byte bound
         # cannot make a device overflow on every reconnect.
-        if self._queue.qsize() >= self._limit or (
+        if len(self._queue) >= self._limit or (
             self.queued_bytes and self.queued_bytes + len(frame) > self._byte_limit
         ):
             self._overflow()
             return
         self.queued_bytes += len(frame)
-        self._queue.put_nowait(frame)
+        self._queue.append(frame)
+        if self.writer is None:
+            self._drain()
 
     def greet(self, hello: bytes) -> None:
         """Send the hello frame; presence frames flow only after it (it holds a snapshot)."""
@@ -125,7 +152,7 @@ class Device:
         """
         if seq <= self.delivered:
             return
-        if self._queue.qsize() >= self._limit // 2 or self.queued_bytes >= self._byte_limit // 2:
+        if len(self._queue) >= self._limit // 2 or self.queued_bytes >= self._byte_limit // 2:
             self._room.clear()
             try:
                 await asyncio.wait_for(self._room.wait(), STALL_SECONDS)
@@ -157,44 +184,56 @@ class Device:
                 "device_slow",
                 session=self.session,
                 delivered=self.delivered,
-                queued_frames=self._queue.qsize(),
+                queued_frames=len(self._queue),
                 queued_bytes=self.queued_bytes,
             )
             self._on_overflow(self)
 
+    def _failed(self) -> None:
+        self._gone = True  # the socket is closing or gone; the connection cleans up
+        self._room.set()  # a paced replay must not wait for this writer
+
+    def _drain(self) -> None:
+        """Start the writer if frames are queued and it may write."""
+        if self._queue and self._started and not self._gone and not self._halted:
+            self.writer = asyncio.create_task(self._write_loop())
+
     async def _write_loop(self) -> None:
-        while True:
-            frame = await self._queue.get()
-            if frame is None:
-                return
-            try:
-                await self._send(frame)
-            except (ConnectionError, RuntimeError):
-                self._gone = True  # the socket is closing or gone; the connection cleans up
-                self._room.set()  # a paced replay must not wait for this writer
-                return
-            finally:
-                self.queued_bytes -= len(frame)
-            if (
-                not self._room.is_set()
-                and self._queue.qsize() <= self._limit // 4
-                and self.queued_bytes <= self._byte_limit // 4
-            ):
-                self._room.set()
+        try:
+            while self._queue:
+                frame = self._queue.popleft()
+                try:
+                    await self._send(frame)
+                except (ConnectionError, RuntimeError):
+                    self._failed()
+                    return
+                finally:
+                    self.queued_bytes -= len(frame)
+                if (
+                    not self._room.is_set()
+                    and len(self._queue) <= self._limit // 4
+                    and self.queued_bytes <= self._byte_limit // 4
+                ):
+                    self._room.set()
+        finally:
+            if self.writer is asyncio.current_task():
+                self.writer = None
 
     async def close(self) -> None:
-        """Stop the writer after what is queued has been sent."""
-        if self.writer is None:
+        """Stop writing after what is queued has been sent."""
+        self._halted = True
+        writer = self.writer
+        if writer is None:
             return
-        self._queue.put_nowait(None)
         try:
-            await asyncio.wait_for(self.writer, 5.0)
+            await asyncio.wait_for(writer, 5.0)
         except (TimeoutError, ConnectionError, RuntimeError):
-            self.writer.cancel()
+            writer.cancel()
         except Exception:  # noqa: BLE001 - a dead socket must not break the close path
-            self.writer.cancel()
+            writer.cancel()
 
     def abort(self) -> None:
+        self._halted = True
         self._room.set()
         if self.writer is not None:
             self.writer.cancel()

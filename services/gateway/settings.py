@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from services.gateway.auth import keys_from_env, leeway_from_env, origins_from_env
+from services.gateway.gcpolicy import DEFAULT_THRESHOLDS, parse_thresholds
 from shared.errors import ConfigError
 from shared.settings import Env, LogSettings, NatsSettings, Secret
 from shared.tokens import DEFAULT_AUDIENCE, KeyRing, VerifyingKey
@@ -51,6 +52,10 @@ class GatewaySettings:
     streams_max_append_bytes: int = 1024 * 1024 - 4096
     streams_read_bytes: int = 1024 * 1024
     streams_sweep_seconds: float = 60.0  # 0: expire streams only when they are accessed
+    # Garbage collector (services/gateway/gcpolicy.py): freeze what start-up leaves, and the
+    # generation thresholds (gen0 allocations, gen1 and gen2 collection counts).
+    gc_freeze: bool = True
+    gc_thresholds: tuple[int, int, int] = DEFAULT_THRESHOLDS
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
@@ -112,6 +117,10 @@ class GatewaySettings:
             ),
             streams_sweep_seconds=env.number(
                 "TETHER_STREAMS_SWEEP_SECONDS", cls.streams_sweep_seconds, minimum=0
+            ),
+            gc_freeze=env.boolean("TETHER_GC_FREEZE", cls.gc_freeze),
+            gc_thresholds=parse_thresholds(
+                "TETHER_GC_THRESHOLDS", env.string("TETHER_GC_THRESHOLDS", ""), cls.gc_thresholds
             ),
         )
 

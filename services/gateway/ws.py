@@ -23,6 +23,7 @@ from services.gateway.cursors import CursorWriter
 from services.gateway.device import Device, slow_client_error
 from services.gateway.hub import SessionHub
 from services.gateway.messages import publish_user_message
+from services.gateway.wswrite import DirectWrite, abort_if_stuck
 from shared import wire
 from shared.errors import BadFrame, ClientError, FrameTooLarge, TooManyConnections, Unauthorized
 from shared.ids import check_id, new_id
@@ -83,15 +84,6 @@ async def handle(gateway: Gateway, request: web.Request) -> web.WebSocketRespons
     return ws
 
 
-def _abort_if_stuck(transport: asyncio.Transport) -> None:
-    """Drop a socket whose peer stopped reading (what it still buffers is discarded)."""
-    try:
-        if transport.get_write_buffer_size() > 0:
-            transport.abort()
-    except (OSError, RuntimeError):  # already gone
-        pass
-
-
 class Connection:
     """One device's WebSocket to one session."""
 
@@ -126,6 +118,7 @@ class Connection:
             on_overflow=self._overflowed,
             on_delivered=self.cursor.note if self.cursor is not None else None,
             queue_bytes=gateway.settings.send_queue_bytes,
+            write_now=DirectWrite(ws, gateway.metrics.frame_out),
         )
         self.gate = gateway.limits.frame_gate(claims, session)
         request = ws._req  # aiohttp keeps no public handle on the transport
@@ -160,7 +153,7 @@ class Connection:
             await asyncio.wait_for(closing, CLOSE_TIMEOUT)
         except (TimeoutError, ConnectionError, RuntimeError):
             if transport is not None:
-                _abort_if_stuck(transport)
+                abort_if_stuck(transport)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -168,10 +161,10 @@ class Connection:
             # Not us: aiohttp's shared drain waiter was cancelled (a writer stopped while the
             # peer was not reading), so the close frame could not be written.
             if transport is not None:
-                _abort_if_stuck(transport)
+                abort_if_stuck(transport)
         else:
             if transport is not None:  # closed gracefully, maybe still flushing: check later
-                asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, _abort_if_stuck, transport)
+                asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, abort_if_stuck, transport)
 
     async def close_for_restart(self) -> None:
         """The gateway is draining (its queue was flushed first): close 1012, service
@@ -225,7 +218,7 @@ class Connection:
                 await self._close_within(self.ws.close())
             elif self._transport is not None:  # closed by aiohttp (heartbeat): may be stuck
                 loop = asyncio.get_running_loop()
-                loop.call_later(CLOSE_TIMEOUT, _abort_if_stuck, self._transport)
+                loop.call_later(CLOSE_TIMEOUT, abort_if_stuck, self._transport)
             self.log.info("ws_closed", code=self.ws.close_code, delivered=self.device.delivered)
 
     def _close_at_expiry(self) -> asyncio.TimerHandle:
