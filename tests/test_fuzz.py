@@ -192,9 +192,12 @@ async def exchange(ws: aiohttp.ClientWebSocketResponse, kind: str, data: Any, n:
     while True:
         msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
-            assert ws.close_code == 1009, f"unexpected close {ws.close_code}"
             oversized = len(data) > MAX_FRAME
             assert oversized, f"closed for an input of {len(data)} bytes"
+            # The server closes with 1009; when our probe ping reaches the socket after the
+            # server closed it, the peer's reset can discard the unread close frame, and
+            # the client reports 1006 instead (tests/test_flood.py checks 1009 exactly).
+            assert ws.close_code in (1009, 1006), f"unexpected close {ws.close_code}"
             return False
         assert msg.type == aiohttp.WSMsgType.TEXT, msg
         check_text(msg.data)
