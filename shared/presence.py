@@ -21,10 +21,9 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.js.errors import APIError
 
-from shared import directget, subjects
+from shared import directget, streams, subjects
 from shared.errors import InvalidId, TetherError
 from shared.ids import check_id
-from shared.streams import config_matches
 from shared.wire import now_ms
 
 log = structlog.get_logger(__name__)
@@ -66,17 +65,7 @@ def bucket_config(replicas: int = 1) -> dict[str, Any]:
 async def ensure_bucket(nc: NATS, replicas: int = 1) -> None:
     """Create the presence bucket, or update it to the current configuration (nothing but
     an info request when it is current, so a user without stream rights can call it)."""
-    config = bucket_config(replicas)
-    name = subjects.PRESENCE_STREAM
-    reply = orjson.loads((await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=5)).data)
-    if "config" in reply and config_matches(reply["config"], config):
-        return
-    verb = "CREATE" if reply.get("error", {}).get("err_code") == 10059 else "UPDATE"
-    reply = orjson.loads(
-        (await nc.request(f"$JS.API.STREAM.{verb}.{name}", orjson.dumps(config), timeout=5)).data
-    )
-    if "error" in reply:
-        raise TetherError(f"presence bucket: {reply['error'].get('description')}")
+    await streams.ensure(nc, bucket_config(replicas))
 
 
 def owner_of(nc: NATS) -> tuple[str, int]:

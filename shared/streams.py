@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import structlog
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
+from nats.errors import Error as NatsError
 
 from shared import subjects
 from shared.errors import TetherError, Unavailable
@@ -18,6 +18,8 @@ log = structlog.get_logger(__name__)
 
 NANOS = 1_000_000_000
 API_TIMEOUT = 5.0
+STREAM_NOT_FOUND = 10059
+STREAM_EXISTS = 10058
 
 
 def stream_config(settings: LogSettings) -> dict[str, Any]:
@@ -55,33 +57,58 @@ class StreamState:
     last_seq: int
 
 
-async def _api(nc: NATS, subject: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+async def api(
+    nc: NATS,
+    subject: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    timeout: float = API_TIMEOUT,
+) -> dict[str, Any]:
+    """One JetStream API request; its JSON reply (which may hold an ``error``)."""
     body = orjson.dumps(payload) if payload is not None else b""
-    reply = await nc.request(subject, body, timeout=API_TIMEOUT)
+    try:
+        reply = await nc.request(subject, body, timeout=timeout)
+    except (TimeoutError, NatsError) as exc:  # timeout, no responders, connection closed
+        raise Unavailable(f"JetStream did not answer {subject} ({type(exc).__name__})") from None
     data: dict[str, Any] = orjson.loads(reply.data)
     return data
 
 
-async def ensure_stream(nc: NATS, settings: LogSettings) -> StreamState:
-    """Create the session stream, or update it to the current configuration."""
-    config = stream_config(settings)
-    info = await _api(nc, f"$JS.API.STREAM.INFO.{settings.stream}")
+async def ensure(
+    nc: NATS, config: dict[str, Any], *, update: bool = True
+) -> tuple[str, dict[str, Any]]:
+    """Create the stream ``config`` names, or update it when the server's config lacks one
+    of our values (``update=False``: leave an existing stream as it is). Only an info
+    request when it is current, so a user without stream rights can call it.
+
+    Returns (action, stream info): ``stream_created``, ``stream_updated`` or
+    ``stream_unchanged``.
+    """
+    name = config["name"]
+    info = await api(nc, f"$JS.API.STREAM.INFO.{name}")
     if "error" in info:
-        if info["error"].get("err_code") != 10059:  # stream not found
-            raise TetherError(f"stream info failed: {info['error'].get('description')}")
-        info = await _api(nc, f"$JS.API.STREAM.CREATE.{settings.stream}", config)
+        if info["error"].get("err_code") != STREAM_NOT_FOUND:
+            raise TetherError(f"stream {name}: info failed: {info['error'].get('description')}")
+        info = await api(nc, f"$JS.API.STREAM.CREATE.{name}", config)
         action = "stream_created"
-    else:
-        if config_matches(info["config"], config):
+        if info.get("error", {}).get("err_code") == STREAM_EXISTS:  # a racing process won
+            info = await api(nc, f"$JS.API.STREAM.INFO.{name}")
             action = "stream_unchanged"
-        else:
-            info = await _api(nc, f"$JS.API.STREAM.UPDATE.{settings.stream}", config)
-            action = "stream_updated"
+    elif not update or config_matches(info["config"], config):
+        action = "stream_unchanged"
+    else:
+        info = await api(nc, f"$JS.API.STREAM.UPDATE.{name}", config)
+        action = "stream_updated"
     if "error" in info:
         raise TetherError(
-            f"could not create or update stream {settings.stream}: "
-            f"{info['error'].get('description')}"
+            f"could not create or update stream {name}: {info['error'].get('description')}"
         )
+    return action, info
+
+
+async def ensure_stream(nc: NATS, settings: LogSettings) -> StreamState:
+    """Create the session stream, or update it to the current configuration."""
+    action, info = await ensure(nc, stream_config(settings))
     log.info(action, stream=settings.stream, replicas=settings.replicas)
     return _state(info)
 
@@ -100,10 +127,7 @@ def config_matches(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 async def stream_state(nc: NATS, stream: str) -> StreamState:
     """The stream's epoch and range; Unavailable (503 / 1011) when JetStream cannot say."""
-    try:
-        info = await _api(nc, f"$JS.API.STREAM.INFO.{stream}")
-    except (TimeoutError, NoRespondersError):
-        raise Unavailable(f"JetStream did not answer for stream {stream}") from None
+    info = await api(nc, f"$JS.API.STREAM.INFO.{stream}")
     if "error" in info:
         raise Unavailable(f"stream {stream}: {info['error'].get('description')}")
     return _state(info)

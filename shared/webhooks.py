@@ -27,8 +27,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from shared import subjects
-from shared.errors import BadFrame, TetherError, Unavailable
+from shared import streams, subjects
+from shared.errors import BadFrame, Unavailable
 from shared.ids import check_id, new_id
 from shared.settings import Secret
 from shared.wire import now_ms
@@ -189,15 +189,7 @@ async def ensure_deliveries(nc: NATS, replicas: int = 1) -> None:
         "max_age": JOB_MAX_AGE_SECONDS * NANOS,
         "duplicate_window": DUPLICATE_WINDOW_SECONDS * NANOS,
     }
-    name = subjects.DELIVERIES_STREAM
-    info = orjson.loads((await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=5)).data)
-    if info.get("error", {}).get("err_code") != 10059:
-        return
-    reply = orjson.loads(
-        (await nc.request(f"$JS.API.STREAM.CREATE.{name}", orjson.dumps(config), timeout=5)).data
-    )
-    if "error" in reply and reply["error"].get("err_code") != 10058:  # 10058: already exists
-        raise TetherError(f"webhook deliveries stream: {reply['error'].get('description')}")
+    await streams.ensure(nc, config, update=False)
 
 
 async def read_bucket(nc: NATS, name: str, timeout: float = 5.0) -> dict[str, bytes]:

@@ -21,15 +21,14 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from services.gateway.durable_streams.meta import StreamMeta
-from shared import subjects
-from shared.errors import TetherError, Unavailable
+from shared import streams, subjects
+from shared.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 
 API_TIMEOUT = 5.0
 BATCH = 256
 WRONG_LAST_SEQUENCE = 10071
-STREAM_NOT_FOUND = 10059
 
 # Headers of stored messages (what reconcile replays into the metadata record).
 H_PRODUCER = "DS-Producer"
@@ -65,28 +64,9 @@ def stream_config(replicas: int) -> dict[str, Any]:
     }
 
 
-async def _api(nc: NATS, subject: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-    body = orjson.dumps(payload) if payload is not None else b""
-    try:
-        reply = await nc.request(subject, body, timeout=API_TIMEOUT)
-    except (TimeoutError, NatsTimeoutError, NoRespondersError):
-        raise Unavailable("JetStream did not answer") from None
-    data: dict[str, Any] = orjson.loads(reply.data)
-    return data
-
-
 async def ensure_stream(nc: NATS, replicas: int) -> None:
     """Create the data stream, or update it to the current configuration."""
-    config = stream_config(replicas)
-    info = await _api(nc, f"$JS.API.STREAM.INFO.{subjects.DS_STREAM}")
-    if "error" in info:
-        if info["error"].get("err_code") != STREAM_NOT_FOUND:
-            raise TetherError(f"stream info failed: {info['error'].get('description')}")
-        info = await _api(nc, f"$JS.API.STREAM.CREATE.{subjects.DS_STREAM}", config)
-    elif any(info["config"].get(k) != v for k, v in config.items()):
-        info = await _api(nc, f"$JS.API.STREAM.UPDATE.{subjects.DS_STREAM}", config)
-    if "error" in info:
-        raise TetherError(f"could not create {subjects.DS_STREAM}: {info['error']}")
+    await streams.ensure(nc, stream_config(replicas))
     log.info("durable_streams_ready", stream=subjects.DS_STREAM, replicas=replicas)
 
 
@@ -114,7 +94,7 @@ async def publish(nc: NATS, gen: str, payload: bytes, headers: dict[str, str], t
 
 async def purge(nc: NATS, gen: str) -> None:
     """Drop every message of one incarnation."""
-    reply = await _api(
+    reply = await streams.api(
         nc,
         f"$JS.API.STREAM.PURGE.{subjects.DS_STREAM}",
         {"filter": subjects.ds_subject(gen)},
