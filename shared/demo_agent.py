@@ -9,9 +9,7 @@ starting with ``/approve`` makes it ask first (an approval with the options yes 
 from __future__ import annotations
 
 import asyncio
-import signal
 
-import orjson
 import structlog
 
 from shared import agent, ops, subjects
@@ -84,12 +82,8 @@ async def run_demo_agent(env: Env | None = None) -> None:
     health = ops.Ops("demo-agent", metrics, readiness)
     ops_server = ops.OpsServer(health, ops.OpsSettings.from_env("demo-agent", env))
     await ops_server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    ready = {"event": "ready", "service": "demo-agent", "port": ops_server.port}
-    print(orjson.dumps(ready).decode(), flush=True)
+    stop = ops.stop_on_signals()
+    ops.announce_ready("demo-agent", ops_server.port)
     log.info("demo_agent_ready", durable=DURABLE)
     running: set[asyncio.Task[None]] = set()
     slots = asyncio.Semaphore(CONCURRENCY)

@@ -19,6 +19,7 @@ collide, and importing this module does no work.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -26,13 +27,13 @@ import orjson
 import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
-from nats.errors import Error as NatsError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from shared.errors import ConfigError
+from shared import streams
+from shared.errors import ConfigError, Unavailable
 from shared.settings import Env
 
 log = structlog.get_logger(__name__)
@@ -105,17 +106,29 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event set when the process gets SIGTERM or SIGINT (every service's stop cue)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def announce_ready(service: str, port: int) -> None:
+    """Print the ``ready`` line (JSON, one line on stdout) supervisors and tests wait for."""
+    print(orjson.dumps({"event": "ready", "service": service, "port": port}).decode(), flush=True)
+
+
 async def missing_streams(nc: NATS, names: Iterable[str], timeout: float = READY_TIMEOUT) -> str:
     """The first of ``names`` (JetStream streams; a KV bucket ``B`` is the stream ``KV_B``)
     that the server does not have, or cannot describe in time; "" when all exist."""
 
     async def check(name: str) -> str:
         try:
-            reply = await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=timeout)
-        except (TimeoutError, NatsError) as exc:
-            return f"JetStream did not answer for stream {name} ({type(exc).__name__})"
-        try:
-            info = orjson.loads(reply.data)
+            info = await streams.api(nc, f"$JS.API.STREAM.INFO.{name}", timeout=timeout)
+        except Unavailable as exc:
+            return str(exc)
         except orjson.JSONDecodeError:
             return f"JetStream answered garbage for stream {name}"
         error = info.get("error") if isinstance(info, dict) else None

@@ -15,12 +15,10 @@ SIGINT), in this order (``Gateway.stop``):
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections import Counter
 from functools import partial
 from typing import TYPE_CHECKING
 
-import orjson
 import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -224,15 +222,9 @@ class Gateway:
 async def serve(settings: GatewaySettings) -> None:
     """Run a gateway until SIGTERM or SIGINT."""
     gateway = Gateway(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = ops.stop_on_signals()
     await gateway.start()
     gcpolicy.apply(settings.gc_thresholds, settings.gc_freeze)
-    print(
-        orjson.dumps({"event": "ready", "service": "gateway", "port": gateway.port}).decode(),
-        flush=True,
-    )
+    ops.announce_ready("gateway", gateway.port)
     await stop.wait()
     await gateway.stop()

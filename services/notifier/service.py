@@ -8,10 +8,8 @@ webhook-id). Stopping: stop fetching, give in-flight work a few seconds, close.
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Awaitable, Callable
 
-import orjson
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -169,12 +167,8 @@ class NotifierService:
 async def serve(settings: NotifierSettings) -> None:
     """Run the notifier until SIGTERM or SIGINT."""
     service = NotifierService(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = ops.stop_on_signals()
     await service.start()
-    ready = {"event": "ready", "service": "notifier", "port": service.ops_server.port}
-    print(orjson.dumps(ready).decode(), flush=True)
+    ops.announce_ready("notifier", service.ops_server.port)
     await stop.wait()
     await service.stop()

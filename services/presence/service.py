@@ -12,7 +12,6 @@ expected sequence so several instances never remove a key twice.
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections import Counter, defaultdict
 from functools import partial
 from typing import Any
@@ -273,12 +272,8 @@ async def _collect(replies: list[dict[str, Any]], msg: Msg) -> None:
 async def serve(settings: PresenceSettings) -> None:
     """Run the presence service until SIGTERM or SIGINT."""
     service = PresenceService(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = ops.stop_on_signals()
     await service.start()
-    ready = {"event": "ready", "service": "presence", "port": service.ops_server.port}
-    print(orjson.dumps(ready).decode(), flush=True)
+    ops.announce_ready("presence", service.ops_server.port)
     await stop.wait()
     await service.stop()
