@@ -28,7 +28,7 @@ from services.gateway.http import error_response
 from services.gateway.hub import SessionHub
 from services.gateway.messages import publish_user_message
 from services.gateway.ws import MAX_TEXT, REPLAY_PAGE
-from shared import wire
+from shared import directget, subjects, wire
 from shared.errors import BadFrame, ClientError, FrameTooLarge
 from shared.ids import check_id
 from shared.tokens import READ, WRITE
@@ -317,19 +317,25 @@ async def last_exchange(
     gateway: Gateway, session: str
 ) -> tuple[int, str | None, list[tuple[int, wire.Event]]]:
     """The session's last user message (its sequence and id; 0 and None when there is
-    none) and the compacted events after it."""
+    none) and the compacted events after it. Reads the session's user messages, then only
+    the stretch of the log after the last one."""
+    stream = gateway.settings.log.stream
     since, user_message = 0, None
+
+    def latest(seq: int, headers: dict[str, str], data: bytes) -> bool:
+        nonlocal since, user_message
+        event = wire.decode_event(data)
+        if (
+            event is not None
+            and event.get("type") == wire.MESSAGE_CREATED
+            and isinstance(event.get("message"), str)
+        ):
+            since, user_message = seq, event["message"]
+        return True
+
+    users = subjects.kind_filter(session, subjects.USER)
+    await directget.scan(gateway.nc, stream, users, 0, latest)
     tail: list[tuple[int, wire.Event]] = []
-    async for chunk in replay.pages(
-        gateway.nc, gateway.settings.log.stream, session, 0, page_size=REPLAY_PAGE
-    ):
-        for seq, event in chunk.events:
-            if (
-                event.get("type") == wire.MESSAGE_CREATED
-                and event.get("role") == "user"
-                and isinstance(event.get("message"), str)
-            ):
-                since, user_message, tail = seq, event["message"], []
-            else:
-                tail.append((seq, event))
+    async for chunk in replay.pages(gateway.nc, stream, session, since, page_size=REPLAY_PAGE):
+        tail.extend(chunk.events)
     return since, user_message, tail
