@@ -17,12 +17,13 @@ import platform
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 
+from shared import loop
 from shared.server import EmbeddedNats, nats_server_binary
 from shared.settings import Secret
 
@@ -385,6 +386,30 @@ def raise_fd_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def quiet_logs(service: str, level: str = "warning") -> None:
+    """Warnings and errors only, as JSON on stderr (stdout carries the reports)."""
+    from shared import logs
+    from shared.settings import Env
+
+    logs.configure(service, Env({"TETHER_LOG_LEVEL": level, "TETHER_LOG_FORMAT": "json"}))
+
+
+def orchestrate_main(
+    orchestrate: Callable[[], Awaitable[dict[str, Any]]], seconds: float, out: Path
+) -> None:
+    """What every benchmark's ``main`` does once it is not a child role: Ctrl-C and SIGTERM
+    stop every child, the run is bounded by ``seconds``, the result goes to ``out``."""
+    install_signal_exit()
+    quiet_logs("bench", "error")
+    try:
+        result = loop.run(asyncio.wait_for(orchestrate(), seconds))
+    except KeyboardInterrupt:
+        say("interrupted; every child process was stopped")
+        sys.exit(130)
+    write_json(out, result)
+    say(f"\nwrote {out}")
 
 
 def install_signal_exit() -> None:

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from array import array
@@ -40,10 +39,11 @@ from benchmarks._common import (
     cpu_seconds,
     emit,
     event_loop,
-    install_signal_exit,
     latency_summary,
     machine_cpu_seconds,
     machine_info,
+    orchestrate_main,
+    quiet_logs,
     raise_fd_limit,
     ratio,
     rss_kib,
@@ -52,9 +52,8 @@ from benchmarks._common import (
     start_nats,
     table,
     watch_parent,
-    write_json,
 )
-from benchmarks.latency import next_command, quiet_logs, stdin_commands
+from benchmarks.latency import next_command, stdin_commands
 from shared import loop, natsconn
 from shared.server import EmbeddedNats
 from shared.settings import LogSettings
@@ -424,15 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.role:
         loop.run(run_role(args))
         return
-    install_signal_exit()
-    quiet_logs("bench", "error")
-    try:
-        result = loop.run(asyncio.wait_for(orchestrate(args), hard_limit(args)))
-    except KeyboardInterrupt:
-        say("interrupted; every child process was stopped")
-        sys.exit(130)
-    write_json(args.out, result)
-    say(f"\nwrote {args.out}")
+    orchestrate_main(lambda: orchestrate(args), hard_limit(args), args.out)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from benchmarks._common import (
     latency_summary,
     machine_cpu_seconds,
     machine_info,
+    quiet_logs,
     ratio,
     say,
     start_gateway,
@@ -462,14 +463,6 @@ ROLES = {
     "agents": role_agents,
     "devices": role_devices,
 }
-
-
-def quiet_logs(service: str, level: str = "warning") -> None:
-    """Warnings and errors only, as JSON on stderr (stdout carries the reports)."""
-    from shared import logs
-    from shared.settings import Env
-
-    logs.configure(service, Env({"TETHER_LOG_LEVEL": level, "TETHER_LOG_FORMAT": "json"}))
 
 
 async def run_role(args: argparse.Namespace) -> None:

@@ -47,15 +47,15 @@ from benchmarks._common import (
     _die_with_parent,
     emit,
     event_loop,
-    install_signal_exit,
     machine_info,
+    orchestrate_main,
+    quiet_logs,
     ratio,
     say,
     start_gateway,
     start_nats,
     table,
     watch_parent,
-    write_json,
 )
 from shared import loop, natsconn
 from shared.server import EmbeddedNats
@@ -209,7 +209,7 @@ ROLES = {"relay": role_relay, "redis-pub": role_redis_pub, "sse-clients": role_s
 
 
 async def run_role(args: argparse.Namespace) -> None:
-    latency.quiet_logs(f"bench-{args.role}")
+    quiet_logs(f"bench-{args.role}")
     watchdog = asyncio.create_task(watch_parent())
     try:
         await asyncio.wait_for(ROLES[args.role](args), args.hard_timeout)
@@ -553,20 +553,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.role:
         loop.run(run_role(args))
         return
-    install_signal_exit()
-    latency.quiet_logs("bench", "error")
     if redis_server_binary() is None:
         say("redis-server is not installed (apt-get install -y redis-server): skipped")
         sys.exit(2)
     args.tag = secrets.token_hex(3)
     os.environ.setdefault("TETHER_EVENT_LOOP", "uvloop")
-    try:
-        result = loop.run(asyncio.wait_for(orchestrate(args), latency.hard_limit(args) + 120))
-    except KeyboardInterrupt:
-        say("interrupted; every child process was stopped")
-        sys.exit(130)
-    write_json(args.out, result)
-    say(f"\nwrote {args.out}")
+    orchestrate_main(lambda: orchestrate(args), latency.hard_limit(args) + 120, args.out)
 
 
 if __name__ == "__main__":

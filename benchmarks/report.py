@@ -88,6 +88,12 @@ def machine_line(data: Json) -> str:
     return "_" + ", ".join(p for p in parts if p) + "._"
 
 
+def section(title: str, intro: str, *tables: str, data: Json) -> str:
+    """One scenario's part of the report: heading, what was measured, its tables, and the
+    machine it ran on."""
+    return "\n\n".join([f"## {title}", intro, *tables, machine_line(data)]) + "\n"
+
+
 def not_run(title: str, how: str) -> str:
     return f"## {title}\n\nNot run yet: `{how}`.\n"
 
@@ -156,16 +162,15 @@ def latency_section(data: Json | None) -> tuple[str, list[Json]]:
         ],
         rows,
     )
-    text = (
-        f"## {title}\n\n"
+    intro = (
         "Baseline: raw nats-py core publish → subscribe, same processes, sessions and rate "
         "(`benchmarks/latency.py`). 50 tokens/s per session. Milliseconds. Target (100 "
         'sessions): p50 ≤ 2 ms, p99 ≤ 10 ms, ≤ 3× the raw floor. "other load" is CPU '
         "used by processes outside the benchmark during the measured windows (percent of "
         'one core); "saturated" means a publisher could not keep the schedule, so the '
-        "ratio compares unlike loads.\n\n" + table + "\n\n" + machine_line(runs[-1]) + "\n"
+        "ratio compares unlike loads."
     )
-    return text, runs
+    return section(title, intro, table, data=runs[-1]), runs
 
 
 def throughput_section(data: Json | None) -> str:
@@ -193,16 +198,19 @@ def throughput_section(data: Json | None) -> str:
                 met(case["meets_target"]),
             ]
         )
-    return (
-        f"## {title}\n\n"
+    intro = (
         "Tether: publisher processes feed the gateway's live path (core NATS on "
         "`tether.live.…` with the six headers the stream's republish adds); baseline: a "
         "raw aiohttp WebSocket server looping `send_frame` with frames of the same size to "
         "the same client processes (`benchmarks/throughput.py`). Frames per CPU-s = "
         "frames / CPU seconds the serving process used: what one core would deliver (the "
         'target\'s "on one core"; judged on it), independent of the publisher and the '
-        "clients sharing the two cores.\n\n"
-        + md_table(
+        "clients sharing the two cores."
+    )
+    return section(
+        title,
+        intro,
+        md_table(
             [
                 "case",
                 "raw aiohttp frames/s",
@@ -218,10 +226,8 @@ def throughput_section(data: Json | None) -> str:
                 "",
             ],
             rows,
-        )
-        + "\n\n"
-        + machine_line(data)
-        + "\n"
+        ),
+        data=data,
     )
 
 
@@ -247,8 +253,8 @@ def connections_section(data: Json | None) -> str:
             met(data["meets_target"]),
         ]
     ]
-    return (
-        f"## {title}\n\n"
+    intro = (
+        f""
         "Idle WebSockets (one session each, so one hub and live subscription each) held by "
         f"{data['config']['clients']} client processes; one agent session streams 50 tokens/s "
         "to one more device. Baseline: the same stream with no other connection. KB = "
@@ -257,8 +263,12 @@ def connections_section(data: Json | None) -> str:
         f"({data.get('connects_per_s') or 0:,.0f}/s). Before the gateway's GC policy "
         "(`TETHER_GC_FREEZE`, `TETHER_GC_THRESHOLDS`) a p99 far above p50 among 10,000 "
         "connections was a CPython full garbage collection pausing the gateway for 1–2.4 s "
-        "(see the analysis at the end).\n\n"
-        + md_table(
+        "(see the analysis at the end)."
+    )
+    return section(
+        title,
+        intro,
+        md_table(
             [
                 "connections",
                 "gateway VmRSS",
@@ -273,10 +283,8 @@ def connections_section(data: Json | None) -> str:
                 "",
             ],
             rows,
-        )
-        + "\n\n"
-        + machine_line(data)
-        + "\n"
+        ),
+        data=data,
     )
 
 
@@ -301,18 +309,20 @@ def redis_section(data: Json | None) -> str:
         ],
         ["tokens duplicated after the reconnect", gap_r["duplicated"], gap_t["duplicated"], ""],
     ]
-    return (
-        f"## {title}\n\n"
+    intro = (
+        f""
         f"{cfg['sessions']} sessions × {cfg['rate_per_session']:g} tokens/s, "
         f"{cfg['seconds_per_system']:g} s measured per system in {cfg['rounds']} alternating "
         "rounds (`benchmarks/redis_sse.py`; Tether with the latency benchmark's agents and "
         "devices). Disconnect test: SSE reconnects with `Last-Event-ID` (pub/sub cannot "
         "replay), Tether with `since`. Target: Tether loses 0 — "
-        f"{met(gap_t['lost'] == 0)}.\n\n"
-        + md_table(["", "Redis + SSE", "Tether", "ratio Tether / Redis"], rows)
-        + "\n\n"
-        + machine_line(data)
-        + "\n"
+        f"{met(gap_t['lost'] == 0)}."
+    )
+    return section(
+        title,
+        intro,
+        md_table(["", "Redis + SSE", "Tether", "ratio Tether / Redis"], rows),
+        data=data,
     )
 
 
@@ -344,13 +354,17 @@ def replay_section(data: Json | None) -> str:
         for name, r in readers.items()
     ]
     cfg = data["config"]
-    return (
-        f"## {title}\n\n"
+    intro = (
+        f""
         f"{cfg['deltas']:,} deltas of one streaming message among {cfg['stream_messages']:,} "
         "stream messages; a device reconnects through a gateway subprocess "
         "(`benchmarks/replay.py`). Baseline: the naive replay (every delta as its own "
-        "frame). Target: caught up in ≤ 50 ms with ≤ 1.2× the final text's bytes.\n\n"
-        + md_table(
+        "frame). Target: caught up in ≤ 50 ms with ≤ 1.2× the final text's bytes."
+    )
+    return section(
+        title,
+        intro,
+        md_table(
             [
                 "case",
                 "deltas",
@@ -366,10 +380,8 @@ def replay_section(data: Json | None) -> str:
             rows,
         )
         + "\n\nReading the whole history in-process (one reader at a time):\n\n"
-        + md_table(["reader", "median ms", "p95 ms", "events/s", "vs history.read"], reader_rows)
-        + "\n\n"
-        + machine_line(data)
-        + "\n"
+        + md_table(["reader", "median ms", "p95 ms", "events/s", "vs history.read"], reader_rows),
+        data=data,
     )
 
 
@@ -399,15 +411,15 @@ def presence_section(data: Json | None) -> str:
             "",
         ],
     ]
-    return (
-        f"## {title}\n\n`kill -9` of an agent process → the device's `presence` `leave` "
-        "frame (`benchmarks/presence.py`).\n\n"
-        + md_table(
-            ["design", "detected", "p50 ms", "p99 ms", "ratio p50 / p99", "target", ""], rows
-        )
-        + "\n\n"
-        + machine_line(data)
-        + "\n"
+    intro = (
+        "`kill -9` of an agent process → the device's `presence` `leave` "
+        "frame (`benchmarks/presence.py`)."
+    )
+    return section(
+        title,
+        intro,
+        md_table(["design", "detected", "p50 ms", "p99 ms", "ratio p50 / p99", "target", ""], rows),
+        data=data,
     )
 
 
@@ -427,13 +439,12 @@ def cancel_section(data: Json | None) -> str:
         ],
         ["cancel → device sees run.cancelled", d["p50_ms"], d["p99_ms"], d["max_ms"], "", ""],
     ]
-    return (
-        f"## {title}\n\n{data.get('cancels', '?')} cancels through one gateway subprocess "
-        "(`benchmarks/cancel.py`; no baseline).\n\n"
-        + md_table(["", "p50 ms", "p99 ms", "max ms", "target", ""], rows)
-        + "\n\n"
-        + machine_line(data)
-        + "\n"
+    intro = (
+        f"{data.get('cancels', '?')} cancels through one gateway subprocess "
+        "(`benchmarks/cancel.py`; no baseline)."
+    )
+    return section(
+        title, intro, md_table(["", "p50 ms", "p99 ms", "max ms", "target", ""], rows), data=data
     )
 
 
@@ -461,10 +472,14 @@ def notifier_section(data: Json | None) -> str:
         for k, v in data.items()
         if k.startswith("throughput_c")
     ]
-    return (
-        f"## {title}\n\nNotifier subprocess, grace 0, loopback receiver; baseline: the same "
-        "signed POST sent directly (`benchmarks/notifier.py`).\n\n"
-        + md_table(
+    intro = (
+        "Notifier subprocess, grace 0, loopback receiver; baseline: the same "
+        "signed POST sent directly (`benchmarks/notifier.py`)."
+    )
+    return section(
+        title,
+        intro,
+        md_table(
             [
                 "",
                 "direct p50",
@@ -476,15 +491,12 @@ def notifier_section(data: Json | None) -> str:
                 "",
             ],
             rows,
-        )
-        + "\n\n"
-        + md_table(
+        ),
+        md_table(
             ["burst", "deliveries/s"],
             thr + [["baseline: direct POST, 16 in flight", base.get("deliveries_per_second")]],
-        )
-        + "\n\n"
-        + machine_line(data)
-        + "\n"
+        ),
+        data=data,
     )
 
 

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,18 +40,18 @@ from benchmarks._common import (
     cpu_seconds,
     emit,
     event_loop,
-    install_signal_exit,
     machine_cpu_seconds,
     machine_info,
+    orchestrate_main,
+    quiet_logs,
     ratio,
     say,
     start_gateway,
     start_nats,
     table,
     watch_parent,
-    write_json,
 )
-from benchmarks.latency import next_command, quiet_logs, stdin_commands
+from benchmarks.latency import next_command, stdin_commands
 from shared import loop, natsconn, subjects
 from shared.server import EmbeddedNats
 from shared.settings import LogSettings
@@ -509,15 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.role:
         loop.run(run_role(args))
         return
-    install_signal_exit()
-    quiet_logs("bench", "error")
-    try:
-        result = loop.run(asyncio.wait_for(orchestrate(args), hard_limit(args)))
-    except KeyboardInterrupt:
-        say("interrupted; every child process was stopped")
-        sys.exit(130)
-    write_json(args.out, result)
-    say(f"\nwrote {args.out}")
+    orchestrate_main(lambda: orchestrate(args), hard_limit(args), args.out)
 
 
 if __name__ == "__main__":
