@@ -76,7 +76,7 @@ async def run_demo_agent(env: Env | None = None) -> None:
     await inbox.open()
 
     async def readiness() -> str | None:
-        streams = [client.log_settings.stream, subjects.PRESENCE_STREAM]
+        streams = [*client.log_settings.streams, subjects.PRESENCE_STREAM]
         return await ops.nats_readiness(client.nc, streams)
 
     health = ops.Ops("demo-agent", metrics, readiness)

@@ -6,7 +6,8 @@
         await item.ack()
 
 One durable JetStream pull consumer (default name ``tether-inbox-{agent_id}``) on the
-session stream, filtered to ``tether.s.*.u.*`` and ``tether.s.*.c.*``, explicit acks. It
+session stream (on each, when the log is partitioned: shared/partitions.py; their batches
+are interleaved), filtered to ``tether.s.*.u.*`` and ``tether.s.*.c.*``, explicit acks. It
 lives on the server, so what users send while every worker is down is delivered when one
 comes back. Workers of a pool open the same durable: each stored message goes to one
 worker at a time; an item not acked within ``ack_wait`` (a crashed worker) is redelivered
@@ -21,6 +22,7 @@ only through the inbox (it was stored while the live subscription was down) with
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DELIVER = {"new": DeliverPolicy.NEW, "all": DeliverPolicy.ALL}
+# What a stream's fetcher hands the iterator: a batch and the event to set when it is
+# handled, the error that ended the fetcher, or None (closed).
+Batch = tuple[list[Msg], asyncio.Event] | BaseException | None
 
 
 @dataclass(slots=True)
@@ -120,57 +125,92 @@ class Inbox:
         self.max_deliver = max_deliver
         self.batch = batch
         self.max_ack_pending = max_ack_pending
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._subs: list[JetStreamContext.PullSubscription] = []
+        self._batches: asyncio.Queue[Batch] | None = None
         self._closed = False
 
     async def open(self) -> None:
-        """Create the durable (first start) or bind to it (restart, other workers)."""
-        if self._sub is not None:
+        """Create the durable on each session stream (first start) or bind to it (restart,
+        other workers)."""
+        if self._subs:
             return
         js = self.client.nc.jetstream()
-        stream = self.client.log_settings.stream
-        try:
-            await js.consumer_info(stream, self.durable)
-        except NotFoundError:  # the first start: create it (a racing worker's copy is equal)
-            await js.add_consumer(
-                stream,
-                ConsumerConfig(
-                    durable_name=self.durable,
-                    filter_subjects=list(subjects.INBOX_FILTERS),
-                    deliver_policy=DELIVER[self.deliver],
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=self.ack_wait,
-                    max_deliver=self.max_deliver,
-                    max_ack_pending=self.max_ack_pending,
-                ),
-            )
-        self._sub = await js.pull_subscribe_bind(self.durable, stream)
-        log.info("inbox_open", durable=self.durable, stream=stream)
+        streams = self.client.log_settings.streams
+        for stream in streams:
+            try:
+                await js.consumer_info(stream, self.durable)
+            except NotFoundError:  # the first start: create it (a racing worker's is equal)
+                await js.add_consumer(
+                    stream,
+                    ConsumerConfig(
+                        durable_name=self.durable,
+                        filter_subjects=list(subjects.INBOX_FILTERS),
+                        deliver_policy=DELIVER[self.deliver],
+                        ack_policy=AckPolicy.EXPLICIT,
+                        ack_wait=self.ack_wait,
+                        max_deliver=self.max_deliver,
+                        max_ack_pending=self.max_ack_pending,
+                    ),
+                )
+            self._subs.append(await js.pull_subscribe_bind(self.durable, stream))
+        log.info("inbox_open", durable=self.durable, streams=list(streams))
 
     async def close(self) -> None:
-        """Stop iterating (after the current fetch) and drop the subscription."""
+        """Stop iterating (after the current item) and drop the subscriptions."""
         self._closed = True
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
+        if self._batches is not None:
+            self._batches.put_nowait(None)  # wake the iterator
+        subs, self._subs = self._subs, []
+        for sub in subs:
             await sub.unsubscribe()
 
     async def __aiter__(self) -> AsyncIterator[InboxItem]:
         await self.open()
-        while not self._closed and self._sub is not None:
+        batches: asyncio.Queue[Batch] = asyncio.Queue()
+        self._batches = batches
+        fetchers = [asyncio.create_task(self._fetch(sub, batches)) for sub in self._subs]
+        try:
+            while not self._closed:
+                got = await batches.get()
+                if got is None:
+                    break
+                if isinstance(got, BaseException):
+                    raise got
+                msgs, done = got
+                try:
+                    for msg in msgs:
+                        item = self._item(msg)
+                        if item is None:
+                            await msg.ack()  # edits, deletes, malformed events: no answer
+                            continue
+                        if isinstance(item, (Cancel, Steer)) and item.signal is not None:
+                            # A run of this process that is active now gets it at once (it
+                            # may have come live already: each control id counts once).
+                            item.routed = await self.client.route(item.session, item.signal)
+                        yield item
+                finally:
+                    done.set()
+        finally:
+            for task in fetchers:
+                task.cancel()
+            await asyncio.gather(*fetchers, return_exceptions=True)
+
+    async def _fetch(
+        self, sub: JetStreamContext.PullSubscription, batches: asyncio.Queue[Batch]
+    ) -> None:
+        """Fetch one stream's batches; the next only once the iterator is done with this
+        one (a worker of a pool holds at most one batch per stream, as without partitions)."""
+        while not self._closed:
             try:
-                msgs = await self._sub.fetch(self.batch, timeout=1.0)
+                msgs = await sub.fetch(self.batch, timeout=1.0)
             except (TimeoutError, NatsTimeoutError):
                 continue
-            for msg in msgs:
-                item = self._item(msg)
-                if item is None:
-                    await msg.ack()  # edits, deletes and malformed events need no answer
-                    continue
-                if isinstance(item, (Cancel, Steer)) and item.signal is not None:
-                    # A run of this process that is active now gets it at once (it may have
-                    # come live already: each control id counts once).
-                    item.routed = await self.client.route(item.session, item.signal)
-                yield item
+            except Exception as exc:  # noqa: BLE001 - raised by the iterator, as before
+                await batches.put(exc)
+                return
+            done = asyncio.Event()
+            await batches.put((msgs, done))
+            await done.wait()
 
     def _item(self, msg: Msg) -> InboxItem | None:
         parsed = subjects.parse(msg.subject)

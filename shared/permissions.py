@@ -35,7 +35,9 @@ from typing import Any
 
 import orjson
 
+from shared import partitions
 from shared import subjects as s
+from shared.partitions import mapping as partition_map
 
 ROLES = ("admin", "gateway", "presence", "notifier", "agent")
 # The NATS user name of each role (the admin keeps the historical name "tether").
@@ -57,30 +59,46 @@ REPLIES = "_INBOX.>"
 NO_SYS = ["$SYS.>"]
 
 
-def _agent() -> dict[str, Any]:
+def _on_stream(stream: str) -> list[str]:
+    """What an agent may do on one session stream: info, batched reads, its inbox."""
+    return [
+        f"{API}.STREAM.INFO.{stream}",
+        f"{API}.DIRECT.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}.>",
+        # The inbox: its durable only (SDK default tether-inbox-*, node example INBOX*).
+        f"{API}.CONSUMER.INFO.{stream}.*",
+        f"{API}.CONSUMER.DURABLE.CREATE.{stream}.*",
+        f"{API}.CONSUMER.CREATE.{stream}.*",
+        f"{API}.CONSUMER.CREATE.{stream}.*.>",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.ACK.{stream}.>",
+    ]
+
+
+def _log(pattern: str, n: int) -> list[str]:
+    """A session log subject pattern and, partitioned, its mapped form (checked by NATS)."""
+    return partitions.mapped(pattern, n)
+
+
+def _agent(n: int) -> dict[str, Any]:
     log, live = s.LOG_ROOT, s.LIVE_ROOT
     presence_stream, key_root = s.PRESENCE_STREAM, s.PRESENCE_KEY_ROOT
     return {
         "publish": {
             "allow": [
-                f"{log}.*.{s.AGENT}.*",
-                f"{log}.*.{s.RUN}.*",
+                *_log(f"{log}.*.{s.AGENT}.*", n),
+                *_log(f"{log}.*.{s.RUN}.*", n),
                 f"{API}.INFO",
-                f"{API}.STREAM.INFO.{SESSIONS}",
                 f"{API}.STREAM.INFO.{presence_stream}",
-                f"{API}.DIRECT.GET.{SESSIONS}",
-                f"{API}.DIRECT.GET.{SESSIONS}.>",
-                # The inbox: its durable only (SDK default tether-inbox-*, node example INBOX*).
-                f"{API}.CONSUMER.INFO.{SESSIONS}.*",
-                f"{API}.CONSUMER.DURABLE.CREATE.{SESSIONS}.*",
-                f"{API}.CONSUMER.CREATE.{SESSIONS}.*",
-                f"{API}.CONSUMER.CREATE.{SESSIONS}.*.>",
-                f"{API}.CONSUMER.MSG.NEXT.{SESSIONS}.*",
-                f"$JS.ACK.{SESSIONS}.>",
+                *(a for name in partitions.stream_names(SESSIONS, n) for a in _on_stream(name)),
                 f"{key_root}.*.agent.>",
                 f"{s.ASK_PRESENCE_ROOT}.*",
             ],
-            "deny": [*NO_SYS, f"{log}.*.{s.USER}.*", f"{log}.*.{s.CONTROL}.*"],
+            "deny": [
+                *NO_SYS,
+                *_log(f"{log}.*.{s.USER}.*", n),
+                *_log(f"{log}.*.{s.CONTROL}.*", n),
+            ],
         },
         "subscribe": {
             "allow": [
@@ -95,17 +113,17 @@ def _agent() -> dict[str, Any]:
     }
 
 
-def _gateway() -> dict[str, Any]:
+def _gateway(n: int) -> dict[str, Any]:
     return {
         "publish": {
             "allow": [f"{s.PREFIX}.>", f"{API}.>", "$KV.>", "$JS.ACK.>", "$JS.FC.>"],
-            "deny": [*NO_SYS, f"{s.LOG_ROOT}.*.{s.AGENT}.*"],
+            "deny": [*NO_SYS, *_log(f"{s.LOG_ROOT}.*.{s.AGENT}.*", n)],
         },
         "subscribe": {"allow": [REPLIES, f"{s.PREFIX}.>"], "deny": NO_SYS},
     }
 
 
-def _presence() -> dict[str, Any]:
+def _presence(n: int) -> dict[str, Any]:
     return {
         "publish": {
             "allow": [f"{API}.>", f"{s.PRESENCE_KEY_ROOT}.>", "$JS.ACK.>"],
@@ -119,22 +137,23 @@ def _presence() -> dict[str, Any]:
     }
 
 
-def _notifier() -> dict[str, Any]:
+def _notifier(n: int) -> dict[str, Any]:
+    log_roots = [f"{s.LOG_ROOT}.>"] + ([f"{s.PARTITION_ROOT}.>"] if n > 1 else [])
     return {
         "publish": {
             "allow": [f"{API}.>", "$KV.>", "$JS.ACK.>", f"{s.DELIVER_ROOT}.>"],
-            "deny": [*NO_SYS, f"{s.LOG_ROOT}.>", f"{s.PRESENCE_KEY_ROOT}.>"],
+            "deny": [*NO_SYS, *log_roots, f"{s.PRESENCE_KEY_ROOT}.>"],
         },
         "subscribe": {"allow": [REPLIES, f"{s.DELIVER_ROOT}.>"], "deny": NO_SYS},
     }
 
 
-def _admin() -> dict[str, Any]:
+def _admin(n: int) -> dict[str, Any]:
     return {"publish": {"deny": NO_SYS}, "subscribe": {"deny": NO_SYS}}
 
 
-def permissions(role: str) -> dict[str, Any]:
-    """The nats-server ``permissions`` block of one role."""
+def permissions(role: str, partitions: int = 1) -> dict[str, Any]:
+    """The nats-server ``permissions`` block of one role, for a log of ``partitions``."""
     builders = {
         "admin": _admin,
         "gateway": _gateway,
@@ -144,24 +163,29 @@ def permissions(role: str) -> dict[str, Any]:
     }
     if role not in builders:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
-    return builders[role]()
+    return builders[role](partitions)
 
 
-def _user(role: str, password: str) -> str:
-    name, perms = orjson.dumps(USERS[role]).decode(), orjson.dumps(permissions(role)).decode()
+def _user(role: str, password: str, n: int) -> str:
+    name, perms = orjson.dumps(USERS[role]).decode(), orjson.dumps(permissions(role, n)).decode()
     return f"{{ user: {name}, password: {password}, permissions: {perms} }}"
 
 
-def render_accounts(passwords: Mapping[str, str], sys_password: str) -> str:
+def render_accounts(passwords: Mapping[str, str], sys_password: str, partitions: int = 1) -> str:
     """The ``accounts`` block and ``system_account``; passwords are inserted verbatim
-    (quoted strings for a generated config, ``$VARIABLE`` references for compose)."""
-    users = ",\n      ".join(_user(role, passwords[role]) for role in ROLES)
+    (quoted strings for a generated config, ``$VARIABLE`` references for compose). With
+    ``partitions`` > 1 the application account maps each session to its partition."""
+    users = ",\n      ".join(_user(role, passwords[role], partitions) for role in ROLES)
+    mappings = "".join(
+        f"\n    mappings: {{ {orjson.dumps(src).decode()}: {orjson.dumps(dest).decode()} }}"
+        for src, dest in partition_map(partitions).items()
+    )
     return f"""accounts {{
   SYS {{
     users: [ {{ user: sys, password: {sys_password} }} ]
   }}
   TETHER {{
-    jetstream: enabled
+    jetstream: enabled{mappings}
     users: [
       {users}
     ]
@@ -171,9 +195,9 @@ system_account: SYS
 """
 
 
-def _deploy_accounts() -> str:
+def _deploy_accounts(partitions: int = 1) -> str:
     passwords = {role: f"${PASSWORD_ENV[role]}" for role in ROLES}
-    return render_accounts(passwords, f"${SYS_PASSWORD_ENV}")
+    return render_accounts(passwords, f"${SYS_PASSWORD_ENV}", partitions)
 
 
 _DEPLOY_SERVER = """server_name: $NATS_SERVER_NAME
@@ -201,6 +225,9 @@ def render_deploy_config() -> str:
 CLUSTER_NODES = ("nats-1", "nats-2", "nats-3")
 CLUSTER_NAME = "tether"
 ROUTE_PORT = 6222
+# The cluster profile spreads sessions over three session streams (one leader each);
+# deploy/cluster.env sets the services' TETHER_STREAM_PARTITIONS to the same number.
+CLUSTER_PARTITIONS = 3
 
 
 def render_deploy_cluster_config(nodes: tuple[str, ...] = CLUSTER_NODES) -> str:
@@ -213,7 +240,9 @@ def render_deploy_cluster_config(nodes: tuple[str, ...] = CLUSTER_NODES) -> str:
 # file equal to it. Every node runs this file with its own NATS_SERVER_NAME and store; each
 # lists every node in routes (its own entry is ignored). Passwords come from the
 # environment, as in deploy/nats.conf. Routes are not authenticated: the route port
-# ({ROUTE_PORT}) must stay on the private compose network (never publish it).
+# ({ROUTE_PORT}) must stay on the private compose network (never publish it). Sessions are
+# spread over {CLUSTER_PARTITIONS} session streams (the mapping in the TETHER account); the
+# services' TETHER_STREAM_PARTITIONS (deploy/cluster.env) must say {CLUSTER_PARTITIONS} too.
 {_DEPLOY_SERVER}
 cluster {{
   name: {CLUSTER_NAME}
@@ -223,4 +252,4 @@ cluster {{
   ]
 }}
 
-{_deploy_accounts()}"""
+{_deploy_accounts(CLUSTER_PARTITIONS)}"""

@@ -134,7 +134,7 @@ class Run:
             check_id(approval_id, "approval id") if approval_id else f"{self.id}-a{self._approvals}"
         )
         s = self.session
-        nc, stream = s.client.nc, s.client.log_settings.stream
+        nc, stream = s.client.nc, s.client.log_settings.stream_for(s.id)
         loop = asyncio.get_running_loop()
         resolved: asyncio.Future[Decision] = loop.create_future()
 

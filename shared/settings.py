@@ -10,7 +10,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shared import partitions
 from shared.errors import ConfigError
+from shared.partitions import MAX_PARTITIONS
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -51,7 +53,9 @@ class Env:
         value = self._environ.get(name)
         return default if value is None or value == "" else value
 
-    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(
+        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
         raw = self._environ.get(name)
         if raw is None or raw == "":
             return default
@@ -61,6 +65,8 @@ class Env:
             raise ConfigError(f"{name} has value {raw!r}, not a valid int") from None
         if minimum is not None and value < minimum:
             raise ConfigError(f"{name} has value {value}, below the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} has value {value}, above the maximum {maximum}")
         return value
 
     def number(self, name: str, default: float, *, minimum: float | None = None) -> float:
@@ -133,9 +139,11 @@ class NatsSettings:
 
 @dataclass(frozen=True)
 class LogSettings:
-    """The session log stream: its name and retention limits."""
+    """The session log: its stream name (the base name when partitioned), partition count
+    and retention limits."""
 
     stream: str = "TETHER_SESSIONS"
+    partitions: int = 1
     replicas: int = 1
     max_age_seconds: float = 30 * 24 * 3600.0
     max_bytes: int = -1
@@ -148,6 +156,9 @@ class LogSettings:
         env = env or Env()
         return cls(
             stream=env.string("TETHER_STREAM", cls.stream),
+            partitions=env.integer(
+                "TETHER_STREAM_PARTITIONS", cls.partitions, minimum=1, maximum=MAX_PARTITIONS
+            ),
             replicas=env.integer("TETHER_STREAM_REPLICAS", cls.replicas, minimum=1),
             max_age_seconds=env.number("TETHER_MAX_AGE_SECONDS", cls.max_age_seconds, minimum=0),
             max_bytes=env.integer("TETHER_STREAM_MAX_BYTES", cls.max_bytes, minimum=-1),
@@ -159,3 +170,12 @@ class LogSettings:
                 "TETHER_DUPLICATE_WINDOW_SECONDS", cls.duplicate_window_seconds, minimum=1
             ),
         )
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """Every session stream (one, or one per partition)."""
+        return partitions.stream_names(self.stream, self.partitions)
+
+    def stream_for(self, session: str) -> str:
+        """The stream that holds ``session`` (ValueError for an invalid session id)."""
+        return partitions.stream_for(self.stream, session, self.partitions)

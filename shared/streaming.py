@@ -106,7 +106,8 @@ class Message:
             return True
 
         client = self.session.client
-        await directget.scan(client.nc, client.log_settings.stream, self.subject, 0, handle)
+        stream = client.log_settings.stream_for(self.session.id)
+        await directget.scan(client.nc, stream, self.subject, 0, handle)
         return stored
 
     async def _resume(self) -> None:

@@ -1,4 +1,5 @@
-"""The session log stream: its configuration, created or updated idempotently at start-up."""
+"""The session log streams: their configuration, created or updated idempotently at start-up,
+and the start-up check that the server routes sessions to the partitions we read."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import orjson
 import structlog
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 
-from shared import subjects
-from shared.errors import TetherError, Unavailable
+from shared import partitions, subjects
+from shared.errors import ConfigError, TetherError, Unavailable
 from shared.settings import LogSettings
 
 log = structlog.get_logger(__name__)
@@ -20,14 +22,18 @@ NANOS = 1_000_000_000
 API_TIMEOUT = 5.0
 STREAM_NOT_FOUND = 10059
 STREAM_EXISTS = 10058
+EXPECTED_STREAM = "Nats-Expected-Stream"
+PROBE_STREAM = "tether.no-stream"  # not a valid stream name: the probe is always refused
 
 
-def stream_config(settings: LogSettings) -> dict[str, Any]:
-    """The JetStream configuration of the session log (the JSON the server's API takes)."""
-    return {
-        "name": settings.stream,
+def stream_config(settings: LogSettings, index: int = 0) -> dict[str, Any]:
+    """The JetStream configuration of session stream ``index`` (the JSON the server's API
+    takes). Partitioned, it stores ``tether.p.{index}.s.>`` under the original subject."""
+    n = settings.partitions
+    config: dict[str, Any] = {
+        "name": partitions.stream_name(settings.stream, index, n),
         "description": "Tether session log: one subject per message and per run",
-        "subjects": [subjects.STREAM_SUBJECTS],
+        "subjects": [partitions.stored_subjects(index, n)],
         "retention": "limits",
         "storage": "file",
         "num_replicas": settings.replicas,
@@ -44,8 +50,12 @@ def stream_config(settings: LogSettings) -> dict[str, Any]:
         "deny_delete": False,
         "deny_purge": False,
         "republish": {"src": subjects.REPUBLISH_SOURCE, "dest": subjects.REPUBLISH_DEST},
-        "metadata": {"tether_layout": "1"},
+        "metadata": {"tether_layout": "1", "tether_partitions": str(n)},
     }
+    if n > 1:
+        source = partitions.stored_subjects(index, n)
+        config["subject_transform"] = {"src": source, "dest": subjects.STREAM_SUBJECTS}
+    return config
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +116,46 @@ async def ensure(
     return action, info
 
 
-async def ensure_stream(nc: NATS, settings: LogSettings) -> StreamState:
-    """Create the session stream, or update it to the current configuration."""
-    action, info = await ensure(nc, stream_config(settings))
-    log.info(action, stream=settings.stream, replicas=settings.replicas)
-    return _state(info)
+async def ensure_stream(nc: NATS, settings: LogSettings, *, verify: bool = True) -> None:
+    """Create every session stream, or update it to the current configuration; then (with
+    ``verify``, for a user that may publish run events) check the partition routing."""
+    for index, name in enumerate(settings.streams):
+        action, _ = await ensure(nc, stream_config(settings, index))
+        log.info(action, stream=name, replicas=settings.replicas)
+    if verify:
+        await verify_partitions(nc, settings)
+
+
+async def verify_partitions(nc: NATS, settings: LogSettings) -> None:
+    """Check that a publish to each partition's sessions lands in the stream readers use.
+
+    The server's account mapping (``partition(N,1)``) and ``TETHER_STREAM_PARTITIONS`` are
+    configured apart; if they disagree, sessions would be stored where nobody reads them.
+    Each probe is a publish that JetStream refuses (``Nats-Expected-Stream`` names no
+    stream), so nothing is stored, yet the refusal names the stream that received it.
+    """
+    n = settings.partitions
+    for index, wanted in enumerate(settings.streams):
+        session = partitions.probe_session(index, n)
+        probe = subjects.run_events(session, "probe")
+        try:
+            reply = await nc.request(
+                probe, b"", timeout=API_TIMEOUT, headers={EXPECTED_STREAM: PROBE_STREAM}
+            )
+        except NoRespondersError:
+            raise ConfigError(
+                f"no session stream stores {probe}: the NATS account's subject mapping does "
+                f"not match TETHER_STREAM_PARTITIONS={n} (docs/deploy.md)"
+            ) from None
+        except (TimeoutError, NatsError) as exc:
+            raise Unavailable(f"JetStream did not answer {probe} ({type(exc).__name__})") from None
+        got = orjson.loads(reply.data).get("stream")
+        if got != wanted:
+            raise ConfigError(
+                f"session {session} is stored in stream {got!r}, not {wanted!r}: the NATS "
+                f"account's subject mapping does not match TETHER_STREAM_PARTITIONS={n} "
+                "(docs/deploy.md)"
+            )
 
 
 def config_matches(current: dict[str, Any], wanted: dict[str, Any]) -> bool:

@@ -21,6 +21,7 @@ from shared.ids import check_id
 PREFIX = "tether"
 LOG_ROOT = f"{PREFIX}.s"
 LIVE_ROOT = f"{PREFIX}.live"
+PARTITION_ROOT = f"{PREFIX}.p"  # partitioned layouts only (shared/partitions.py)
 
 STREAM_SUBJECTS = f"{LOG_ROOT}.>"
 REPUBLISH_SOURCE = f"{LOG_ROOT}.>"
@@ -41,6 +42,7 @@ TTL = "Nats-TTL"
 SEQUENCE = "Nats-Sequence"
 LAST_SEQUENCE = "Nats-Last-Sequence"  # on republished messages: the subject's previous seq
 STREAM_SUBJECT = "Nats-Subject"
+STREAM = "Nats-Stream"  # on republished messages: the stream that stored it
 
 
 def session_filter(session: str) -> str:

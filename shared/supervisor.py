@@ -20,7 +20,7 @@ import orjson
 import structlog
 
 from shared.server import EmbeddedNats, die_with_parent
-from shared.settings import Secret
+from shared.settings import LogSettings, Secret
 from shared.tokens import mint
 
 log = structlog.get_logger(__name__)
@@ -169,7 +169,8 @@ async def up(
     }
     server: EmbeddedNats | None = None
     if nats_url is None:
-        server = EmbeddedNats(data_dir, port=nats_port, tie_to_parent=True)
+        partitions = LogSettings.from_env().partitions  # the services read the same variable
+        server = EmbeddedNats(data_dir, port=nats_port, tie_to_parent=True, partitions=partitions)
         server.start()  # from the main thread: the parent-death signal follows the thread
         env["TETHER_NATS_URL"] = server.url
     else:

@@ -249,9 +249,10 @@ async def get(kv: KeyValue, key: str) -> Subscription | None:
 # ---- jobs and dead letters -----------------------------------------------------------
 
 
-def webhook_id(subscription: str, seq: int) -> str:
-    """The deterministic webhook-id of one event for one subscription."""
-    digest = hashlib.sha256(f"{subscription}:{seq}".encode()).hexdigest()[:32]
+def webhook_id(subscription: str, session: str, seq: int) -> str:
+    """The deterministic webhook-id of one event (``seq`` of ``session``'s stream: with
+    partitioned streams a sequence alone names no event) for one subscription."""
+    digest = hashlib.sha256(f"{subscription}:{session}:{seq}".encode()).hexdigest()[:32]
     return f"msg_{digest}"
 
 

@@ -21,6 +21,7 @@ import orjson
 from benchmarks._common import rss_kib
 from shared import agent
 from shared.ids import new_id
+from shared.settings import LogSettings
 from tests.conftest import GatewayProcess, token, wait_for
 from tests.device import Device, View
 
@@ -242,7 +243,7 @@ async def test_resyncing_hub_holds_a_bounded_amount(monkeypatch: Any) -> None:
     """Live frames held during a resync past the byte bound are dropped for a re-read."""
     from services.gateway.hub import Hubs, SessionHub
 
-    hubs = Hubs(None, "TETHER_SESSIONS")  # type: ignore[arg-type]
+    hubs = Hubs(None, LogSettings())  # type: ignore[arg-type]
     hubs.held_bytes_limit = 10_000
     hub = SessionHub(hubs, "s")
     hub._resyncing = True

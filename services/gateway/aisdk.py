@@ -229,7 +229,7 @@ class ChatStream:
         last = since
         async for chunk in replay.pages(
             self.gateway.nc,
-            self.gateway.settings.log.stream,
+            self.gateway.settings.log.stream_for(self.session),
             self.session,
             since,
             page_size=REPLAY_PAGE,
@@ -319,7 +319,7 @@ async def last_exchange(
     """The session's last user message (its sequence and id; 0 and None when there is
     none) and the compacted events after it. Reads the session's user messages, then only
     the stretch of the log after the last one."""
-    stream = gateway.settings.log.stream
+    stream = gateway.settings.log.stream_for(session)
     since, user_message = 0, None
 
     def latest(seq: int, headers: dict[str, str], data: bytes) -> bool:

@@ -131,7 +131,7 @@ class Gateway:
             self._buckets[name] = await webhooks.bucket(self._nc, name, replicas)
         await webhooks.ensure_deliveries(self._nc, replicas)
         await durable_streams.ensure(self)
-        self._hubs = Hubs(self._nc, self.settings.log.stream)
+        self._hubs = Hubs(self._nc, self.settings.log)
         self._presence = presence.Writer(self._nc)
         self._presence.start()
         # access_log=None: the access log would print ?token= query strings.
@@ -154,7 +154,7 @@ class Gateway:
     async def _readiness(self) -> str | None:
         """Connected to NATS, and the session stream and every bucket exist."""
         streams = [
-            self.settings.log.stream,
+            *self.settings.log.streams,
             subjects.PRESENCE_STREAM,
             *(f"KV_{name}" for name in self._buckets),
             subjects.DELIVERIES_STREAM,

@@ -65,12 +65,12 @@ async def events(gateway: Gateway, request: web.Request) -> web.Response:
         since = parse_since(request.query.get("since"))
         limit = parse_limit(request.query.get("limit"), gateway.settings.history_limit)
         position = await replay.locate(
-            gateway.nc, gateway.settings.log.stream, since, request.query.get("epoch")
+            gateway.nc, gateway.settings.log.stream_for(session), since, request.query.get("epoch")
         )
         chunk = await anext(
             replay.pages(
                 gateway.nc,
-                gateway.settings.log.stream,
+                gateway.settings.log.stream_for(session),
                 session,
                 position.since,
                 page_size=limit,
@@ -118,7 +118,7 @@ async def post_control(gateway: Gateway, request: web.Request) -> web.Response:
         frame = await json_body(gateway, request)
         if frame.get("action") == "approve":
             answered = await approvals.answer(
-                gateway.nc, gateway.settings.log.stream, session, frame, claims.subject
+                gateway.nc, gateway.settings.log.stream_for(session), session, frame, claims.subject
             )
             gateway.counters["approvals_in"] += 1
             return json_response(
@@ -126,7 +126,7 @@ async def post_control(gateway: Gateway, request: web.Request) -> web.Response:
                 status=201,
             )
         stored = await control.publish_control(
-            gateway.nc, gateway.settings.log.stream, session, frame, claims.subject
+            gateway.nc, gateway.settings.log.stream_for(session), session, frame, claims.subject
         )
     except ClientError as error:
         return error_response(error)

@@ -23,6 +23,7 @@ from nats.aio.subscription import Subscription
 from services.gateway.device import Device
 from services.gateway.roster import Roster
 from shared import history, presence, subjects, wire
+from shared.settings import LogSettings
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +36,7 @@ class SessionHub:
     def __init__(self, hubs: Hubs, session: str) -> None:
         self.hubs = hubs
         self.session = session
+        self.stream = hubs.log.stream_for(session)
         self.devices: set[Device] = set()
         self.last_seq = 0
         self.subscription: Subscription | None = None
@@ -73,6 +75,12 @@ class SessionHub:
         except (KeyError, ValueError):
             self.hubs.malformed += 1
             log.warning("live_message_without_sequence", session=self.session)
+            return
+        if headers.get(subjects.STREAM, self.stream) != self.stream:
+            # Stored in another partition's stream (a publish straight to tether.p.*, not
+            # through the account mapping): its sequence is not this session's; never serve it.
+            self.hubs.malformed += 1
+            log.warning("live_message_other_stream", session=self.session, seq=seq)
             return
         event = wire.decode_event(msg.data)
         if event is None:
@@ -130,9 +138,7 @@ class SessionHub:
                     device.notify(frame)
             more = True
             while more:
-                page = await history.read(
-                    self.hubs.nc, self.hubs.stream, self.session, self.last_seq
-                )
+                page = await history.read(self.hubs.nc, self.stream, self.session, self.last_seq)
                 for stored in page.events:
                     frame = wire.event_frame(stored.seq, stored.event)
                     for device in tuple(self.devices):
@@ -166,9 +172,9 @@ class SessionHub:
 class Hubs:
     """Every active session hub of this gateway."""
 
-    def __init__(self, nc: NATS, stream: str) -> None:
+    def __init__(self, nc: NATS, log_settings: LogSettings) -> None:
         self.nc = nc
-        self.stream = stream
+        self.log = log_settings
         self.hubs: dict[str, SessionHub] = {}
         self.malformed = 0
         self.held_bytes_limit = HELD_BYTES

@@ -235,7 +235,7 @@ class Connection:
     async def _replay(self, hub: SessionHub) -> None:
         gateway = self.gateway
         position = await replay.locate(
-            gateway.nc, gateway.settings.log.stream, self.since, self.epoch
+            gateway.nc, gateway.settings.log.stream_for(self.session), self.since, self.epoch
         )
         if not position.recovered:
             self.device.delivered = 0
@@ -258,7 +258,7 @@ class Connection:
         replayed_events = replayed_bytes = 0
         async for chunk in replay.pages(
             gateway.nc,
-            gateway.settings.log.stream,
+            gateway.settings.log.stream_for(self.session),
             self.session,
             position.since,
             page_size=REPLAY_PAGE,
@@ -348,7 +348,7 @@ class Connection:
         self.claims.require_scope(CONTROL)
         stored = await control.publish_control(
             self.gateway.nc,
-            self.gateway.settings.log.stream,
+            self.gateway.settings.log.stream_for(self.session),
             self.session,
             frame,
             self.claims.subject,
@@ -369,7 +369,7 @@ class Connection:
         self.claims.require_scope(CONTROL)
         answered = await approvals.answer(
             self.gateway.nc,
-            self.gateway.settings.log.stream,
+            self.gateway.settings.log.stream_for(self.session),
             self.session,
             frame,
             self.claims.subject,

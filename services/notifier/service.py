@@ -49,7 +49,7 @@ class NotifierService:
     async def _readiness(self) -> str | None:
         """Connected, and the session log, the delivery queue and every bucket exist."""
         streams = [
-            self.settings.log.stream,
+            *self.settings.log.streams,
             subjects.DELIVERIES_STREAM,
             *(
                 f"KV_{name}"
@@ -68,7 +68,8 @@ class NotifierService:
         self.nc = nc = await natsconn.connect(settings.nats)
         self.metrics.watch(nc)
         replicas = settings.log.replicas
-        await ensure_stream(nc, settings.log)
+        # The notifier may not publish to the log, so the gateway checks the partition routing.
+        await ensure_stream(nc, settings.log, verify=False)
         await presence.ensure_bucket(nc, replicas)
         await webhooks.ensure_deliveries(nc, replicas)
         subs = await webhooks.bucket(nc, subjects.WEBHOOKS_BUCKET, replicas)
@@ -78,17 +79,20 @@ class NotifierService:
         self.deliverer = Deliverer(settings, subs, dead, self.metrics)
         await self.deliverer.start()
         js = nc.jetstream(timeout=5)
-        triggers = await js.pull_subscribe(
-            subjects.RUN_EVENTS_FILTER,
-            durable=subjects.NOTIFIER_TRIGGER_DURABLE,
-            stream=settings.log.stream,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.NEW,  # first start: no webhooks for old runs
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=settings.grace_seconds + 30,
-                max_ack_pending=IN_FLIGHT * 4,
-            ),
-        )
+        triggers = [  # one trigger consumer per session stream (partition)
+            await js.pull_subscribe(
+                subjects.RUN_EVENTS_FILTER,
+                durable=subjects.NOTIFIER_TRIGGER_DURABLE,
+                stream=stream,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.NEW,  # first start: no webhooks for old runs
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=settings.grace_seconds + 30,
+                    max_ack_pending=IN_FLIGHT * 4,
+                ),
+            )
+            for stream in settings.log.streams
+        ]
         jobs = await js.pull_subscribe(
             f"{subjects.DELIVER_ROOT}.>",
             durable=subjects.NOTIFIER_DELIVERY_DURABLE,
@@ -100,9 +104,9 @@ class NotifierService:
                 max_ack_pending=IN_FLIGHT * 4,
             ),
         )
-        self._subs = [triggers, jobs]
+        self._subs = [*triggers, jobs]
         self._loops = [
-            asyncio.create_task(self._consume("trigger", triggers, trigger.handle)),
+            *(asyncio.create_task(self._consume("trigger", t, trigger.handle)) for t in triggers),
             asyncio.create_task(self._consume("delivery", jobs, self.deliverer.handle)),
         ]
         log.info(

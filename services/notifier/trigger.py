@@ -115,7 +115,8 @@ class Trigger:
         if not candidates:
             await msg.ack()
             return
-        context = await run_context(self.nc, self.settings.log.stream, parsed.session, event)
+        stream = self.settings.log.stream_for(parsed.session)
+        context = await run_context(self.nc, stream, parsed.session, event)
         matching = [s for s in candidates if s.matches(kind, parsed.session, context.user)]
         if matching and await self.due(parsed.session, context.user, seq):
             for subscription in matching:
@@ -151,7 +152,7 @@ class Trigger:
         session: str,
         context: RunContext,
     ) -> None:
-        wid = webhooks.webhook_id(subscription.id, seq)
+        wid = webhooks.webhook_id(subscription.id, session, seq)
         payload = {
             "type": event["type"],
             "session": session,
