@@ -117,8 +117,11 @@ async def ensure(
 
 
 async def ensure_stream(nc: NATS, settings: LogSettings, *, verify: bool = True) -> None:
-    """Create every session stream, or update it to the current configuration; then (with
-    ``verify``, for a user that may publish run events) check the partition routing."""
+    """Create every session stream, or update it to the current configuration. With
+    ``verify`` (a user that may publish run events), check the partition routing before
+    (a mismatch with existing streams stops us before we touch them) and after."""
+    if verify:
+        await verify_partitions(nc, settings, missing_ok=True)
     for index, name in enumerate(settings.streams):
         action, _ = await ensure(nc, stream_config(settings, index))
         log.info(action, stream=name, replicas=settings.replicas)
@@ -126,8 +129,9 @@ async def ensure_stream(nc: NATS, settings: LogSettings, *, verify: bool = True)
         await verify_partitions(nc, settings)
 
 
-async def verify_partitions(nc: NATS, settings: LogSettings) -> None:
-    """Check that a publish to each partition's sessions lands in the stream readers use.
+async def verify_partitions(nc: NATS, settings: LogSettings, *, missing_ok: bool = False) -> None:
+    """Check that a publish to each partition's sessions lands in the stream readers use;
+    ConfigError when it does not (or, unless ``missing_ok``, when no stream takes it).
 
     The server's account mapping (``partition(N,1)``) and ``TETHER_STREAM_PARTITIONS`` are
     configured apart; if they disagree, sessions would be stored where nobody reads them.
@@ -135,6 +139,7 @@ async def verify_partitions(nc: NATS, settings: LogSettings) -> None:
     stream), so nothing is stored, yet the refusal names the stream that received it.
     """
     n = settings.partitions
+    mismatch = f"the NATS account's subject mapping does not match TETHER_STREAM_PARTITIONS={n}"
     for index, wanted in enumerate(settings.streams):
         session = partitions.probe_session(index, n)
         probe = subjects.run_events(session, "probe")
@@ -143,17 +148,17 @@ async def verify_partitions(nc: NATS, settings: LogSettings) -> None:
                 probe, b"", timeout=API_TIMEOUT, headers={EXPECTED_STREAM: PROBE_STREAM}
             )
         except NoRespondersError:
+            if missing_ok:
+                continue
             raise ConfigError(
-                f"no session stream stores {probe}: the NATS account's subject mapping does "
-                f"not match TETHER_STREAM_PARTITIONS={n} (docs/deploy.md)"
+                f"no session stream stores {probe}: {mismatch} (docs/deploy.md)"
             ) from None
         except (TimeoutError, NatsError) as exc:
             raise Unavailable(f"JetStream did not answer {probe} ({type(exc).__name__})") from None
         got = orjson.loads(reply.data).get("stream")
         if got != wanted:
             raise ConfigError(
-                f"session {session} is stored in stream {got!r}, not {wanted!r}: the NATS "
-                f"account's subject mapping does not match TETHER_STREAM_PARTITIONS={n} "
+                f"session {session} is stored in stream {got!r}, not {wanted!r}: {mismatch} "
                 "(docs/deploy.md)"
             )
 

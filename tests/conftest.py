@@ -34,6 +34,18 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
     server.stop()
 
 
+PARTITIONS = 3
+
+
+@pytest.fixture(scope="session")
+def partitioned_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A nats-server whose account spreads sessions over ``PARTITIONS`` session streams."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats-p"), port=-1, partitions=PARTITIONS)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A nats-server of this test's own, for tests that kill or restart it."""
