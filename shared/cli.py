@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--data-dir", type=Path, default=None)
 
+    streams = sub.add_parser("streams", help="where the session streams' leaders are")
+    streams.add_argument("--spread", action="store_true", help="move leaders apart")
+    streams.add_argument("--json", action="store_true")
     tail = sub.add_parser("tail", help="follow a session through the gateway")
     tail.add_argument("session")
     tail.add_argument("--since", type=int, default=0)
@@ -386,6 +389,11 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(cmd_presence(args))
     if command == "tail":
         return asyncio.run(cmd_tail(args))
+    if command == "streams":
+        from shared import leaders
+
+        logs.configure("tether-cli")  # logs to stderr: stdout is the table or JSON
+        return asyncio.run(leaders.command(move=args.spread, as_json=args.json))
     if command == "send":
         return asyncio.run(cmd_send(args))
     if command == "token":

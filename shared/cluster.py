@@ -145,6 +145,7 @@ class LocalCluster:
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
+        self.partitions = partitions
         self.host = host
         self.creds = Credentials.load_or_create(root)
         ports = free_ports(3 * size, host)
@@ -183,6 +184,7 @@ class LocalCluster:
             "TETHER_NATS_USER": user,
             "TETHER_NATS_PASSWORD": password.reveal(),
             "TETHER_STREAM_REPLICAS": str(min(3, len(self.nodes))),
+            "TETHER_STREAM_PARTITIONS": str(self.partitions),
         }
 
     def sys_env(self) -> dict[str, str]:

@@ -119,12 +119,20 @@ async def ensure(
 async def ensure_stream(nc: NATS, settings: LogSettings, *, verify: bool = True) -> None:
     """Create every session stream, or update it to the current configuration. With
     ``verify`` (a user that may publish run events), check the partition routing before
-    (a mismatch with existing streams stops us before we touch them) and after."""
+    (a mismatch with existing streams stops us before we touch them) and after. Newly
+    created partition streams in a cluster get their leaders spread (shared/leaders.py)."""
     if verify:
         await verify_partitions(nc, settings, missing_ok=True)
+    created = False
     for index, name in enumerate(settings.streams):
         action, _ = await ensure(nc, stream_config(settings, index))
         log.info(action, stream=name, replicas=settings.replicas)
+        created |= action == "stream_created"
+    if created and settings.partitions > 1 and settings.replicas > 1:
+        from shared import leaders  # noqa: PLC0415 - leaders builds on this module
+
+        placed = await leaders.spread_new(nc, settings.streams, settings.replicas)
+        log.info("stream_leaders", leaders={p.stream: p.leader for p in placed})
     if verify:
         await verify_partitions(nc, settings)
 

@@ -2,9 +2,12 @@
 
 ``test_chaos_no_loss_no_duplicates``: an agent streams into 50 sessions, two devices per
 session (one on each of two gateway processes); mid-stream the stream leader's nats-server
-and one gateway are SIGKILLed and restarted. A Jepsen-style check compares what JetStream
-acknowledged to the agent with what every device received: exactly once, in order.
-Figures go to test-artifacts/cluster.json. Select with ``-m cluster``.
+(partitioned: the leader of the first partition's stream) and one gateway are SIGKILLed and
+restarted. A Jepsen-style check compares what JetStream acknowledged to the agent with what
+every device received: exactly once, in order. It runs on one session stream and on three
+partitions (whose leaders are spread again after the restart). Figures go to
+test-artifacts/cluster.json (one stream) and cluster-partitions-3.json. Select with
+``-m cluster``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,13 +30,13 @@ import aiohttp
 import orjson
 import pytest
 
-from shared import agent, natsconn
+from shared import agent, leaders, natsconn
 from shared.cluster import LocalCluster, wait_stream
 from shared.errors import PublishError
 from shared.server import EmbeddedNats
 from shared.settings import LogSettings
 from shared.streams import ensure_stream
-from tests.conftest import ROOT, ServiceProcess, token, wait_for
+from tests.conftest import PARTITIONS, ROOT, ServiceProcess, token, wait_for
 from tests.device import Device, View
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -230,10 +236,11 @@ def test_history_check_counts_loss_duplicates_and_disorder() -> None:
     assert bad_text.wrong_text == 1
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    """A 3-node JetStream cluster on loopback."""
-    nodes = LocalCluster(tmp_path / "cluster")
+@pytest.fixture(params=[1, PARTITIONS], ids=["one-stream", "partitioned"])
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """A 3-node JetStream cluster on loopback (its account spreads sessions over
+    ``request.param`` session streams)."""
+    nodes = LocalCluster(tmp_path / "cluster", partitions=request.param)
     nodes.start()
     yield nodes
     nodes.stop()
@@ -344,6 +351,21 @@ async def produce(
     await retrying(history, run.complete)
 
 
+async def tether_streams(cluster: LocalCluster, *options: str) -> dict[str, str | None]:
+    """``tether streams --json [options]`` as an operator runs it: stream -> its leader."""
+    env = {**os.environ, **cluster.client_env("admin")}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shared.cli", "streams", "--json", *options],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return {p["stream"]: p["leader"] for p in orjson.loads(done.stdout)}
+
+
 def rss_kib(pid: int) -> int:
     """A process's resident memory (Linux), 0 when unknown."""
     with contextlib.suppress(OSError, ValueError):
@@ -385,7 +407,9 @@ async def test_chaos_no_loss_no_duplicates(cluster: LocalCluster, tmp_path: Path
     """Kill -9 of the stream leader and of a gateway mid-stream loses and duplicates nothing."""
     began = time.monotonic()
     gateways = Gateways(cluster, tmp_path)
+    log = LogSettings(replicas=3, partitions=cluster.partitions)
     figures: dict[str, Any] = {"sessions": SESSIONS, "devices": 2 * SESSIONS, "rate": RATE}
+    figures["partitions"] = log.partitions
     devices: list[ChaosDevice] = []
     producers: list[asyncio.Task[None]] = []
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -394,7 +418,7 @@ async def test_chaos_no_loss_no_duplicates(cluster: LocalCluster, tmp_path: Path
         await gateways.start()
         client = await agent.connect(
             cluster.settings("chaos-agent", role="agent"),
-            log_settings=LogSettings(replicas=3),
+            log_settings=log,
             checkpoint_chunks=0,
         )
         # A short publish timeout makes the SDK's retries race their originals (a retry of a
@@ -405,7 +429,10 @@ async def test_chaos_no_loss_no_duplicates(cluster: LocalCluster, tmp_path: Path
         history.record(client)
         admin = await natsconn.connect(cluster.settings("chaos-admin"))
         closers.append(lambda: natsconn.close(admin))
-        leader = await wait_stream(admin, STREAM, 3)
+        figures["leaders_at_start"] = {s: await wait_stream(admin, s, 3) for s in log.streams}
+        if log.partitions > 1:  # the agent created them: their leaders were spread
+            assert len(set(figures["leaders_at_start"].values())) == len(cluster.nodes), figures
+        leader = figures["leaders_at_start"][log.streams[0]]
         sids = [f"chaos-{i:02d}" for i in range(SESSIONS)]
         devices += [
             ChaosDevice(sid, token([sid], subject=f"user-{sid}"), home)
@@ -436,10 +463,19 @@ async def test_chaos_no_loss_no_duplicates(cluster: LocalCluster, tmp_path: Path
             killed_at = time.monotonic()
             await asyncio.to_thread(cluster.kill, victim)
             await asyncio.sleep(8)
-            figures["node_kill"]["new_leader"] = await wait_stream(admin, STREAM, 2)
+            figures["node_kill"]["new_leaders"] = {
+                s: await wait_stream(admin, s, 2) for s in log.streams
+            }
             rejoin = await asyncio.to_thread(cluster.restart, victim, 60.0)
             figures["node_kill"]["restart_to_healthy_s"] = round(rejoin, 3)
-            await wait_stream(admin, STREAM, 3, timeout=60)
+            for stream in log.streams:
+                await wait_stream(admin, stream, 3, timeout=60)
+            if log.partitions > 1:  # the killed node leads nothing now: move leaders back
+                moved_at = time.monotonic()
+                placed = await tether_streams(cluster, "--spread")
+                figures["node_kill"]["leaders_after_spread"] = placed
+                figures["node_kill"]["spread_s"] = round(time.monotonic() - moved_at, 3)
+                assert len(set(placed.values())) == len(cluster.nodes), figures
             first, every = first_acks_after(history, killed_at)
             stalled = [a.acked - a.started for a in history.acks.values()]
             figures["node_kill"] |= {
@@ -492,12 +528,13 @@ async def test_chaos_no_loss_no_duplicates(cluster: LocalCluster, tmp_path: Path
                 30,
                 "every device saw its run complete",
             )
-        reply = await admin.request(f"$JS.API.STREAM.INFO.{STREAM}", b"", timeout=5)
-        state = orjson.loads(reply.data)["state"]
+        found = await leaders.placements(admin, log.streams)
+        stored = sum(p.bytes for p in found)
         figures["stream_after_rollups"] = {
-            "messages": state["messages"],
-            "bytes": state["bytes"],
-            "bytes_per_session": round(state["bytes"] / SESSIONS),
+            "messages": sum(p.messages for p in found),
+            "bytes": stored,
+            "bytes_per_session": round(stored / SESSIONS),
+            "per_stream": {p.stream: p.messages for p in found},
         }
         verdicts = [check(d, history) for d in devices]
         total = {
@@ -525,8 +562,13 @@ async def test_chaos_no_loss_no_duplicates(cluster: LocalCluster, tmp_path: Path
             "duration_s": round(time.monotonic() - began, 1),
         }
         print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
-        ARTIFACT.parent.mkdir(exist_ok=True)
-        ARTIFACT.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        artifact = (
+            ARTIFACT
+            if log.partitions == 1
+            else ARTIFACT.with_name(f"cluster-partitions-{log.partitions}.json")
+        )
+        artifact.parent.mkdir(exist_ok=True)
+        artifact.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
         assert total["lost"] == 0 and total["duplicated"] == 0, figures
         assert total["unexpected"] == 0 and total["out_of_order"] == 0, figures
         assert total["wrong_text"] == 0 and figures["view_violations"] == 0, figures

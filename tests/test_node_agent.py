@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,10 @@ import pytest
 from services.gateway.app import Gateway
 from shared import agent
 from shared.ids import new_id
+from shared.partitions import partition, stream_for
 from shared.server import EmbeddedNats
 from shared.settings import LogSettings
-from tests.conftest import ROOT, token, wait_for
+from tests.conftest import PARTITIONS, ROOT, gateway_settings, token, wait_for
 from tests.device import Device, View
 
 AGENT_DIR = ROOT / "examples" / "node-agent"
@@ -74,11 +77,42 @@ async def run_agent(agent: Path, server: EmbeddedNats, **env: str) -> list[dict[
     return [orjson.loads(line) for line in stdout.splitlines() if line.startswith(b"{")]
 
 
-async def test_node_agent_streams_an_answer_to_a_device(
-    node_agent: Path, nats_server: EmbeddedNats, gateway: Gateway
+@pytest.fixture
+async def partitioned_gateway(partitioned_nats: EmbeddedNats) -> AsyncIterator[Gateway]:
+    """An in-process gateway reading the session log over ``PARTITIONS`` streams."""
+    gw = Gateway(gateway_settings(partitioned_nats, log=LogSettings(partitions=PARTITIONS)))
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+def sessions_over_partitions(count: int, partitions: int = PARTITIONS) -> list[str]:
+    """``count`` fresh session ids, the first ``partitions`` of them in distinct partitions."""
+    sids: list[str] = []
+    while len(sids) < count:
+        sid = new_id("s-")
+        taken = {partition(s, partitions) for s in sids}
+        if len(taken) >= partitions or partition(sid, partitions) not in taken:
+            sids.append(sid)
+    return sids
+
+
+async def stored_history(gateway: Gateway, sid: str) -> list[tuple[str, Any]]:
+    """A session's stored events as (type, text), read through the gateway's history API."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            f"http://127.0.0.1:{gateway.port}/v1/sessions/{sid}/events",
+            headers={"Authorization": f"Bearer {token([sid])}"},
+        ) as resp:
+            assert resp.status == 200
+            history = orjson.loads(await resp.read())
+    return [(e["event"]["type"], e["event"].get("text")) for e in history["events"]]
+
+
+async def check_answer_reaches_a_device(
+    node_agent: Path, server: EmbeddedNats, gateway: Gateway, sid: str, **env: str
 ) -> None:
-    """A Node agent's answer reaches a live device once: full text, run events, no dup delta."""
-    sid = new_id("s-")
+    """Run the Node agent once into ``sid`` and check what a live device and the log got."""
     run, message = "run-node-1", "msg-node-1"
     base = f"http://127.0.0.1:{gateway.port}"
     device = Device(sid, token([sid]))
@@ -87,7 +121,7 @@ async def test_node_agent_streams_an_answer_to_a_device(
     await wait_for(lambda: view.live, what="device caught up")
 
     acks = await run_agent(
-        node_agent, nats_server, SESSION=sid, RUN=run, MESSAGE=message, TEXT=TEXT, CHUNKS="5"
+        node_agent, server, SESSION=sid, RUN=run, MESSAGE=message, TEXT=TEXT, CHUNKS="5", **env
     )
 
     await wait_for(lambda: ("run.completed", run) in view.others, what="run.completed")
@@ -113,15 +147,59 @@ async def test_node_agent_streams_an_answer_to_a_device(
     await device.close()
 
     # Nats-Rollup: sub on message.complete left only the final form in the log.
-    async with aiohttp.ClientSession() as http:
-        async with http.get(
-            f"{base}/v1/sessions/{sid}/events",
-            headers={"Authorization": f"Bearer {token([sid])}"},
-        ) as resp:
-            history = orjson.loads(await resp.read())
-    assert resp.status == 200
-    stored = [(e["event"]["type"], e["event"].get("text")) for e in history["events"]]
+    stored = await stored_history(gateway, sid)
     assert stored == [("run.started", None), ("message.complete", TEXT), ("run.completed", None)]
+
+
+async def test_node_agent_streams_an_answer_to_a_device(
+    node_agent: Path, nats_server: EmbeddedNats, gateway: Gateway
+) -> None:
+    """A Node agent's answer reaches a live device once: full text, run events, no dup delta."""
+    await check_answer_reaches_a_device(node_agent, nats_server, gateway, new_id("s-"))
+
+
+async def test_node_agent_streams_answers_over_partitions(
+    node_agent: Path, partitioned_nats: EmbeddedNats, partitioned_gateway: Gateway
+) -> None:
+    """With the log over 3 partition streams, Node answers reach devices of every partition."""
+    sids = sessions_over_partitions(PARTITIONS)
+    assert {partition(sid, PARTITIONS) for sid in sids} == set(range(PARTITIONS))
+    for sid in sids:
+        await check_answer_reaches_a_device(
+            node_agent,
+            partitioned_nats,
+            partitioned_gateway,
+            sid,
+            TETHER_STREAM_PARTITIONS=str(PARTITIONS),
+        )
+
+
+async def test_node_agent_refuses_a_wrong_partition_count(
+    node_agent: Path, partitioned_nats: EmbeddedNats, partitioned_gateway: Gateway
+) -> None:
+    """A Node agent told another partition count than the server's fails on its first PubAck."""
+    sid = next(
+        s
+        for s in sessions_over_partitions(PARTITIONS)
+        if partition(s, 2) != partition(s, PARTITIONS)
+    )
+    process = await asyncio.create_subprocess_exec(
+        shutil.which("node") or "node",
+        str(node_agent),
+        cwd=ROOT,
+        env={
+            **os.environ,
+            **partitioned_nats.client_env(),
+            "SESSION": sid,
+            "TEXT": "wrong count",
+            "TETHER_STREAM_PARTITIONS": "2",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode != 0
+    assert b"TETHER_STREAM_PARTITIONS differs from the server's" in stderr
 
 
 async def test_node_agent_rerun_is_deduplicated(
@@ -143,39 +221,138 @@ async def test_node_agent_rerun_is_deduplicated(
     await device.close()
 
 
-async def test_node_agent_answers_its_inbox(
-    node_agent: Path, nats_server: EmbeddedNats, gateway: Gateway
-) -> None:
-    """A Node agent in --inbox mode answers a device's messages from its durable consumer."""
-    sid, durable = new_id("s-"), new_id("node-inbox-")
+async def check_inbox_answers(
+    node_agent: Path,
+    server: EmbeddedNats,
+    gateway: Gateway,
+    sids: list[str],
+    log: LogSettings,
+    per_session: int = 3,
+) -> list[dict[str, Any]]:
+    """Run the Node agent in --inbox mode, send ``per_session`` messages from a device of each
+    session, and check every one is answered once, in order per session; return the
+    agent's {"answered": ...} lines."""
+    durable = new_id("node-inbox-")
+    total = per_session * len(sids)
+    env = {"INBOX": durable, "COUNT": str(total)}
+    if log.partitions > 1:
+        env["TETHER_STREAM_PARTITIONS"] = str(log.partitions)
     process = await asyncio.create_subprocess_exec(
         shutil.which("node") or "node",
         str(node_agent),
         "--inbox",
         cwd=ROOT,
-        env={**os.environ, **nats_server.client_env(), "INBOX": durable, "COUNT": "3"},
+        env={**os.environ, **server.client_env(), **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    assert process.stdout is not None
-    ready = await asyncio.wait_for(process.stdout.readline(), 30)
-    assert orjson.loads(ready) == {"ready": True, "durable": durable}
-    device = Device(sid, token([sid], subject="alice"))
-    await device.connect(f"http://127.0.0.1:{gateway.port}")
-    for n in range(3):
-        await device.send({"type": "send", "id": f"q-{n}", "text": f"hi {n}"})
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    try:
+        assert process.stdout is not None
+        ready = orjson.loads(await asyncio.wait_for(process.stdout.readline(), 30))
+        assert ready.pop("streams", list(log.streams)) == list(log.streams)
+        assert ready == {"ready": True, "durable": durable}
+        base = f"http://127.0.0.1:{gateway.port}"
+        devices = [Device(sid, token([sid], subject="alice")) for sid in sids]
+        for device in devices:
+            await device.connect(base)
+        keys = {sid: [f"q{i}-{n}" for n in range(per_session)] for i, sid in enumerate(sids)}
+        for n in range(per_session):
+            for device in devices:
+                key = keys[device.session][n]
+                await device.send({"type": "send", "id": key, "text": f"hi {key}"})
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     assert process.returncode == 0, f"node agent failed:\n{stdout.decode()}\n{stderr.decode()}"
     lines = [orjson.loads(line) for line in stdout.splitlines() if line.startswith(b"{")]
-    assert [line["answered"] for line in lines if "answered" in line] == ["q-0", "q-1", "q-2"]
+    answered = [line for line in lines if "answered" in line]
+    for sid in sids:
+        assert [a["answered"] for a in answered if a["session"] == sid] == keys[sid]
+    assert len(answered) == total
     await wait_for(
-        lambda: all(("run.completed", f"run-q-{n}") in device.view.others for n in range(3)),
-        what="three runs completed",
+        lambda: all(
+            ("run.completed", f"run-{k}") in d.view.others for d in devices for k in keys[d.session]
+        ),
+        what=f"{total} runs completed",
     )
-    assert {f"reply-q-{n}": device.view.texts[f"reply-q-{n}"] for n in range(3)} == {
-        f"reply-q-{n}": f"node echo: hi {n}" for n in range(3)
-    }
-    await device.close()
-    client = await agent.connect(nats_server.settings("cleanup"), log_settings=LogSettings())
-    await client.nc.jetstream().delete_consumer(client.log_settings.stream, durable)
+    for device in devices:
+        replies = {f"reply-{k}": device.view.texts.get(f"reply-{k}") for k in keys[device.session]}
+        assert replies == {f"reply-{k}": f"node echo: hi {k}" for k in keys[device.session]}
+        await device.close()
+    client = await agent.connect(server.settings("cleanup"), log_settings=log)
+    for stream in log.streams:
+        await client.nc.jetstream().delete_consumer(stream, durable)
     await client.close()
+    return answered
+
+
+async def test_node_agent_answers_its_inbox(
+    node_agent: Path, nats_server: EmbeddedNats, gateway: Gateway
+) -> None:
+    """A Node agent in --inbox mode answers a device's messages from its durable consumer."""
+    answered = await check_inbox_answers(
+        node_agent, nats_server, gateway, [new_id("s-")], LogSettings()
+    )
+    assert all("stream" not in line for line in answered)  # N=1 output as before
+
+
+async def test_node_agent_answers_its_inbox_over_partitions(
+    node_agent: Path, partitioned_nats: EmbeddedNats, partitioned_gateway: Gateway
+) -> None:
+    """With 3 partition streams, the Node inbox answers sessions of every partition, each
+    from its own stream."""
+    log = LogSettings(partitions=PARTITIONS)
+    sids = sessions_over_partitions(4)
+    assert len({partition(sid, PARTITIONS) for sid in sids}) >= 2
+    answered = await check_inbox_answers(
+        node_agent, partitioned_nats, partitioned_gateway, sids, log
+    )
+    assert all(line["stream"] == log.stream_for(line["session"]) for line in answered)
+    assert len({line["stream"] for line in answered}) >= 2
+    for sid in sids:  # the gateway reads each session's history from its own stream
+        stored = await stored_history(partitioned_gateway, sid)
+        assert [t for t in stored if t[0] == "message.complete"] == [
+            ("message.complete", f"node echo: hi q{sids.index(sid)}-{n}") for n in range(3)
+        ]
+
+
+NODE_PARTITION = """
+import { readFileSync } from "node:fs";
+const { partition, streamFor } = await import(process.argv[1]);
+const { ids, counts } = JSON.parse(readFileSync(0, "utf8"));
+const out = ids.map((id) => counts.map((n) => [partition(id, n), streamFor("TS", id, n)]));
+console.log(JSON.stringify(out));
+"""
+
+
+def test_node_partition_matches_python() -> None:
+    """partition.mjs's FNV-1a partition and stream name equal shared.partitions' for 200 ids."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    ids = [new_id("s-") for _ in range(150)] + [f"tether-probe-{n}" for n in range(30)]
+    ids += ["a", "-", "_", "Z" * 128, "support-42", "0", "s-" + "9" * 126]
+    # Beyond the id rules (ASCII only), to pin the UTF-8 encoding of the hash input.
+    odd = ["séance-✓", "héllo-wörld", "🚀", "日本語", "\u00ff", "a\u0000b", ""]
+    ids += odd + [f"ünï-{n}" for n in range(200 - len(ids) - len(odd))]
+    counts = [1, 2, 3, 7, 16, 64]
+    done = subprocess.run(
+        [node, "--input-type=module", "-e", NODE_PARTITION, (AGENT_DIR / "partition.mjs").as_uri()],
+        input=json.dumps({"ids": ids, "counts": counts}),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert len(ids) == 200
+    want = [
+        [[partition(i, n), "TS" if n == 1 else f"TS_{partition(i, n)}"] for n in counts]
+        for i in ids
+    ]
+    assert got == want
+    rule_ids = ids[: ids.index("séance-✓")]
+    assert [row[2][1] for row in got[: len(rule_ids)]] == [stream_for("TS", i, 3) for i in rule_ids]

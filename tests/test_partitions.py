@@ -19,7 +19,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from services.gateway.app import Gateway
 from services.notifier.service import NotifierService
 from services.notifier.settings import NotifierSettings
-from shared import agent, history, partitions, subjects, wire
+from shared import agent, history, leaders, partitions, subjects, wire
 from shared.errors import ConfigError
 from shared.ids import new_id
 from shared.inbox import UserMessage
@@ -259,3 +259,20 @@ async def test_permissions_hold_on_mapped_subjects(
         await conn.close()
     await agent_nc.close()
     await gateway_nc.close()
+
+
+def test_leader_plan_evens_out_leaders() -> None:
+    """The leader plan moves streams from the busiest server to current replicas of the
+    idlest until no server leads two more than another, and never to a lagging replica."""
+    nodes = ("n1", "n2", "n3")
+
+    def placed(*leaders_of: str, current: tuple[str, ...] = nodes) -> list[leaders.Placement]:
+        return [leaders.Placement(f"S{k}", who, current) for k, who in enumerate(leaders_of)]
+
+    assert leaders.plan(placed("n1", "n2", "n3")) == []
+    assert leaders.plan(placed("n1", "n1", "n2")) == [("S0", "n3")]
+    moves = dict(leaders.plan(placed("n1", "n1", "n1")))
+    assert sorted(moves.values()) == ["n2", "n3"] and len(moves) == 2
+    assert len(leaders.plan(placed("n1", "n1", "n1", "n1", "n1", "n1"))) == 4
+    assert leaders.plan(placed("n1", "n1", current=("n1",))) == []  # no current replica
+    assert leaders.plan(placed(None, "n1")) == []  # type: ignore[arg-type]

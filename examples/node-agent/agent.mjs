@@ -14,6 +14,13 @@
 // with run `run-{message}`, message `reply-{message}`, text `node echo: {text}`; acks
 // after run.completed. Stops after COUNT answers (default: never). Prints {"ready": true}
 // once the consumer is bound and {"answered": ...} per answer.
+//
+// Partitioned log: with TETHER_STREAM_PARTITIONS=N > 1 (default 1; it must equal the
+// server's account mapping) the sessions are spread over the streams `{TETHER_STREAM}_0` …
+// `_{N-1}` (partition.mjs). Publishing is unchanged; a PubAck from another stream than
+// the session's is an error (N differs from the server's). Inbox mode creates the durable
+// on every partition stream and consumes them all at once, one loop per stream; its
+// {"ready": ...} and {"answered": ...} lines then also name the stream(s).
 import { connect, errors, headers } from "@nats-io/transport-node";
 import {
   AckPolicy,
@@ -22,6 +29,7 @@ import {
   jetstream,
   jetstreamManager,
 } from "@nats-io/jetstream";
+import { partitionsFromEnv, streamFor, streamNames } from "./partition.mjs";
 
 const ID = /^[A-Za-z0-9_-]{1,128}$/; // protocol.md, "Ids"
 const ATTEMPTS = 5;
@@ -59,6 +67,8 @@ const inboxMode = process.argv.includes("--inbox");
 const chunkCount = Number.parseInt(env("CHUNKS", "4"), 10);
 const ttlSeconds = env("TTL_SECONDS", "");
 if (!(chunkCount >= 1)) throw new Error("CHUNKS must be a positive integer");
+const streamBase = env("TETHER_STREAM", "TETHER_SESSIONS");
+const partitions = partitionsFromEnv(process.env.TETHER_STREAM_PARTITIONS);
 
 const servers = env("TETHER_NATS_URL", "nats://127.0.0.1:4222").split(",").map((s) => s.trim());
 const user = env("TETHER_NATS_USER", "");
@@ -88,6 +98,14 @@ async function publish(subject, event, msgId, { rollup = false } = {}) {
   for (let attempt = 1; ; attempt++) {
     try {
       const ack = await js.publish(subject, payload, { headers: h, timeout: 2000 });
+      const wanted = streamFor(streamBase, event.session, partitions);
+      if (partitions > 1 && ack.stream !== wanted) {
+        // The server routed the session elsewhere: its partition count is not ours.
+        throw new Error(
+          `${event.session} was stored in ${ack.stream}, not ${wanted}: ` +
+            "TETHER_STREAM_PARTITIONS differs from the server's",
+        );
+      }
       const line = { type: event.type, msgId, seq: ack.seq, duplicate: Boolean(ack.duplicate) };
       console.log(JSON.stringify(line));
       return ack;
@@ -152,42 +170,59 @@ async function answer(session, runId, messageId, text, { resendFirst = false } =
 
 /** Inbox mode: answer user messages from the durable consumer (protocol.md §18). */
 async function serveInbox() {
-  const stream = env("TETHER_STREAM", "TETHER_SESSIONS");
+  const streams = streamNames(streamBase, partitions);
   const durable = checkId(env("INBOX", "tether-inbox-node-agent"), "durable name");
   const count = Number.parseInt(env("COUNT", "0"), 10);
   const jsm = await jetstreamManager(nc);
-  try {
-    await jsm.consumers.info(stream, durable);
-  } catch {
-    await jsm.consumers.add(stream, {
-      durable_name: durable,
-      filter_subjects: ["tether.s.*.u.*", "tether.s.*.c.*"],
-      deliver_policy: DeliverPolicy.New,
-      ack_policy: AckPolicy.Explicit,
-      ack_wait: 120_000_000_000,
-      max_deliver: 5,
-    });
-  }
-  const consumer = await js.consumers.get(stream, durable);
-  const messages = await consumer.consume({ max_messages: 16 });
-  console.log(JSON.stringify({ ready: true, durable }));
-  let answered = 0;
-  for await (const m of messages) {
-    const [, , session, kind, key] = m.subject.split(".");
-    let event = null;
+  // One durable of the same name on every session stream (one stream unless partitioned).
+  const subscriptions = [];
+  for (const stream of streams) {
     try {
-      event = m.json();
+      await jsm.consumers.info(stream, durable);
     } catch {
-      event = null; // not JSON: nothing to answer
+      await jsm.consumers.add(stream, {
+        durable_name: durable,
+        filter_subjects: ["tether.s.*.u.*", "tether.s.*.c.*"],
+        deliver_policy: DeliverPolicy.New,
+        ack_policy: AckPolicy.Explicit,
+        ack_wait: 120_000_000_000,
+        max_deliver: 5,
+      });
     }
-    if (kind === "u" && event?.type === "message.created" && typeof event.text === "string") {
-      await answer(session, `run-${key}`, `reply-${key}`, `node echo: ${event.text}`);
-      answered += 1;
-      console.log(JSON.stringify({ answered: key, session }));
-    }
-    m.ack();
-    if (count > 0 && answered >= count) break;
+    const consumer = await js.consumers.get(stream, durable);
+    subscriptions.push(await consumer.consume({ max_messages: 16 }));
   }
+  const partitioned = partitions > 1;
+  console.log(JSON.stringify({ ready: true, durable, ...(partitioned ? { streams } : {}) }));
+  let claimed = 0; // answers begun, over every stream's loop
+
+  /** One stream's loop: handle its messages one at a time, in stream order. */
+  async function serve(messages, stream) {
+    for await (const m of messages) {
+      const [, , session, kind, key] = m.subject.split(".");
+      let event = null;
+      try {
+        event = m.json();
+      } catch {
+        event = null; // not JSON: nothing to answer
+      }
+      if (kind === "u" && event?.type === "message.created" && typeof event.text === "string") {
+        if (count > 0 && claimed >= count) {
+          m.nak(); // another stream's loop took the last answer: leave this one to a worker
+          break;
+        }
+        claimed += 1;
+        await answer(session, `run-${key}`, `reply-${key}`, `node echo: ${event.text}`);
+        console.log(JSON.stringify({ answered: key, session, ...(partitioned ? { stream } : {}) }));
+      }
+      m.ack();
+      if (count > 0 && claimed >= count) break;
+    }
+    // Done (COUNT reached): stop the other loops too; one still answering finishes first.
+    for (const other of subscriptions) other.stop();
+  }
+
+  await Promise.all(subscriptions.map((messages, k) => serve(messages, streams[k])));
 }
 
 try {
