@@ -103,7 +103,7 @@ async def role_publisher(args: argparse.Namespace) -> None:
             for sid, subject in zip(sids, subjects_, strict=True):
                 # The six headers the stream's republish carries (what nats-py parses).
                 headers = {
-                    "Nats-Stream": "TETHER",
+                    subjects.STREAM: LogSettings().stream,  # the gateway checks it
                     "Nats-Subject": stored[sid],
                     subjects.SEQUENCE: str(seq),
                     "Nats-Time-Stamp": "2026-11-22T05:00:00.123456789Z",

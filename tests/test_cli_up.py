@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from shared.server import EmbeddedNats
+from shared.settings import LogSettings
 from tests.conftest import ROOT, wait_for
 from tests.device import Device
 
@@ -79,8 +80,8 @@ def start_up() -> Iterator[Callable[..., Up]]:
     """Start `tether up` processes; whatever is left of them is killed at teardown."""
     started: list[Up] = []
 
-    def start(*args: str) -> Up:
-        up = Up(*args)
+    def start(*args: str, env: dict[str, str] | None = None) -> Up:
+        up = Up(*args, env=env)
         started.append(up)
         return up
 
@@ -176,3 +177,19 @@ async def test_up_killed_takes_its_children_with_it(
             break
         await asyncio.sleep(0.1)
     assert not up.group_alive(), "children outlived a killed tether up"
+
+
+async def test_up_with_partitions(tmp_path: Path, start_up: Callable[..., Up]) -> None:
+    """TETHER_STREAM_PARTITIONS=3: tether up renders the mapping into its server and every
+    child reads the same count; sessions of every partition are answered."""
+    data = tmp_path / "data"
+    up = start_up("--data-dir", str(data), "--nats-port=-1", env={"TETHER_STREAM_PARTITIONS": "3"})
+    assert "{{partition(3,1)}}" in (data / "nats-server.conf").read_text()
+    log = LogSettings(partitions=3)
+    sessions = {log.stream_for(f"demo-p{n}"): f"demo-p{n}" for n in range(12)}
+    assert len(sessions) == 3
+    for session in sessions.values():
+        device = await chat(up.url, up.token, session, f"hi {session}")
+        assert f"hi {session}" in device.view.texts["reply-q1"]
+        await device.close()
+    assert up.terminate() == 0

@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,16 @@ import orjson
 import pytest
 import yaml
 
-from shared import agent
+from shared import agent, leaders
 from shared.ids import new_id
-from shared.permissions import CLUSTER_NODES, render_deploy_cluster_config, render_deploy_config
+from shared.permissions import (
+    CLUSTER_NODES,
+    CLUSTER_PARTITIONS,
+    render_deploy_cluster_config,
+    render_deploy_config,
+)
 from shared.server import nats_server_binary
-from shared.settings import Secret
+from shared.settings import LogSettings, NatsSettings, Secret
 from shared.tokens import mint
 from tests.conftest import ROOT, GatewayProcess, token, wait_for
 from tests.device import Device
@@ -176,6 +183,7 @@ def test_cluster_profile(tmp_path: Path) -> None:
         env = services[name]["environment"]
         assert set(env["TETHER_NATS_URL"].split(",")) == urls, name
         assert env["TETHER_STREAM_REPLICAS"] == "3", name
+        assert env["TETHER_STREAM_PARTITIONS"] == str(CLUSTER_PARTITIONS), name
     names = set()
     for node in sorted(NATS_NODES):
         service = services[node]
@@ -186,6 +194,7 @@ def test_cluster_profile(tmp_path: Path) -> None:
     config = render_deploy_cluster_config()
     for node in CLUSTER_NODES:
         assert f"nats-route://{node}:6222" in config
+    assert f"{{{{partition({CLUSTER_PARTITIONS},1)}}}}" in config  # the services' count
 
 
 def test_deploy_nats_confs_are_generated() -> None:
@@ -203,36 +212,44 @@ def test_compose_refuses_missing_secrets() -> None:
 
 
 class ComposeServices:
-    """nats-1 and every Tether service of compose.yaml as local processes: compose's
-    command and environment, service host names mapped to loopback ports."""
+    """The NATS node(s) and every Tether service of compose.yaml as local processes:
+    compose's command and environment (``profile``: deploy/cluster.env's lines, for the
+    cluster profile), service host names mapped to loopback ports."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        services = compose_services(SECRETS)
+    def __init__(self, tmp_path: Path, profile: dict[str, str] | None = None) -> None:
+        services = compose_services({**SECRETS, **(profile or {})})
         self.services = services
-        nats_env = check_nats_config(services["nats-1"], tmp_path / "js")  # volume: a dir
-        nats_port, self.monitor_port = free_port(), free_port()
-        self.nats = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "-c",
-                str(nats_config(services["nats-1"])),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(nats_port),
-                "-m",
-                str(self.monitor_port),
-            ],
-            env=nats_env,
-            stderr=subprocess.DEVNULL,
+        active = set((profile or {}).get("COMPOSE_PROFILES", "").split(","))
+        nodes = sorted(
+            n
+            for n in NATS_NODES
+            if n in services and set(services[n].get("profiles") or active) & active
         )
-        self.processes: list[subprocess.Popen[bytes]] = [self.nats]
+        client, monitor = {n: free_port() for n in nodes}, {n: free_port() for n in nodes}
+        routes = {n: free_port() for n in nodes}
+        self.monitor_port = monitor["nats-1"]
+        self.monitor_ports = list(monitor.values())
+        self.processes: list[subprocess.Popen[bytes]] = []
+        for node in nodes:
+            nats_env = check_nats_config(services[node], tmp_path / node)  # volume: a dir
+            command = [nats_server_binary(), "-c", str(nats_config(services[node]))]
+            command += ["-a", "127.0.0.1", "-p", str(client[node]), "-m", str(monitor[node])]
+            if len(nodes) > 1:  # the config's routes name the compose hosts: map them here
+                command += ["--cluster", f"nats://127.0.0.1:{routes[node]}", "--routes"]
+                command.append(",".join(f"nats-route://127.0.0.1:{p}" for p in routes.values()))
+            self.processes.append(
+                subprocess.Popen(command, env=nats_env, stderr=subprocess.DEVNULL)
+            )
+        self.nats = self.processes[0]
+        self.nats_urls = [f"nats://127.0.0.1:{client[n]}" for n in nodes]
+        wait_nats_healthy(self.monitor_ports)
         self.ports: dict[str, int] = {}
         for name in TETHER_SERVICES:
             env = dict(services[name]["environment"])
-            env["TETHER_NATS_URL"] = env["TETHER_NATS_URL"].replace(
-                "//nats-1:4222", f"//127.0.0.1:{nats_port}"
-            )
+            for node in nodes:
+                env["TETHER_NATS_URL"] = env["TETHER_NATS_URL"].replace(
+                    f"//{node}:4222", f"//127.0.0.1:{client[node]}"
+                )
             if name.startswith("gateway"):
                 env.update(TETHER_GATEWAY_PORT="0", TETHER_GATEWAY_HOST="127.0.0.1")
                 env["TETHER_DRAIN_DELAY_SECONDS"] = "0"  # no proxy to tell here
@@ -292,6 +309,25 @@ class ComposeServices:
                 process.wait()
 
 
+def wait_nats_healthy(monitor_ports: list[int], timeout: float = 30.0) -> None:
+    """Block until every node's ``/healthz`` is 200 (a cluster: a meta leader elected)."""
+    deadline = time.monotonic() + timeout
+    pending, last = list(monitor_ports), ""
+    while pending:
+        port = pending[0]
+        url = f"http://127.0.0.1:{port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    pending.pop(0)
+                    continue
+        except OSError as exc:  # not listening yet, or 503 (no meta leader yet)
+            last = repr(exc)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nats-server on monitor port {port} not healthy: {last}")
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def compose_processes(tmp_path: Path) -> Iterator[ComposeServices]:
     services = ComposeServices(tmp_path)
@@ -304,6 +340,41 @@ async def test_compose_services_run_as_described(compose_processes: ComposeServi
     config, command and environment (each as the NATS user of its role); every health
     check passes; a message sent through gateway-2 reaches a device on gateway-1 and is
     answered, and a device on gateway-2 sees the same session."""
+    await check_session_through_both_gateways(compose_processes)
+
+
+@pytest.fixture
+def compose_cluster(tmp_path: Path) -> Iterator[ComposeServices]:
+    services = ComposeServices(tmp_path, CLUSTER_ENV)
+    yield services
+    services.stop()
+
+
+async def test_cluster_profile_runs_as_described(compose_cluster: ComposeServices) -> None:
+    """The cluster profile as local processes (nats-1..3 on deploy/nats-cluster.conf, the
+    services with deploy/cluster.env): a session works end to end, and the log is three
+    R3 partition streams with their leaders on three different nodes."""
+    await check_session_through_both_gateways(compose_cluster)
+    admin = await agent.connect(
+        NatsSettings(
+            servers=tuple(compose_cluster.nats_urls),
+            user="tether",
+            password=Secret(SECRETS["TETHER_NATS_PASSWORD"]),
+        ),
+        ensure=False,
+    )
+    found = await leaders.placements(admin.nc, [f"TETHER_SESSIONS_{k}" for k in range(3)])
+    assert len({p.leader for p in found}) == len(CLUSTER_NODES), found
+    assert all(len(p.current) == 3 for p in found), found
+    home = LogSettings(partitions=CLUSTER_PARTITIONS).stream_for("compose")
+    assert [p.stream for p in found if p.messages] == [home], found  # only its partition
+    await admin.close()
+
+
+async def check_session_through_both_gateways(services: ComposeServices) -> None:
+    """Health checks pass; a message sent through gateway-2 reaches a device on gateway-1
+    and the demo agent answers it; a device on gateway-2 sees the same session."""
+    compose_processes = services
     for name in TETHER_SERVICES:
         check = compose_processes.health_check(name)
         assert check.returncode == 0, f"{name}: {check.stderr}"
