@@ -500,6 +500,66 @@ def notifier_section(data: Json | None) -> str:
     )
 
 
+def partitions_section(data: Json | None) -> str:
+    title = "Session log partitions: one stream vs three"
+    if not data:
+        return not_run(title, "tether bench partitions")
+    rows = [
+        [
+            name,
+            r["per_second"],
+            r["latency"]["p50_ms"],
+            r["latency"]["p99_ms"],
+            r["max_node_share"],
+            r["nats_cpu_us_per_ack"],
+            r["machine_busy_cores"],
+            r.get("other_cores"),
+            ", ".join(f"{s}@{v['leader']}" for s, v in r["streams"].items()),
+        ]
+        for name, r in data["results"].items()
+    ]
+    ratios = [
+        [
+            sync,
+            times(r["throughput_p3_over_p1"]),
+            times(r["p50_p3_over_p1"]),
+            times(r["p99_p3_over_p1"]),
+            times(r["nats_cpu_per_ack_p3_over_p1"]),
+        ]
+        for sync, r in (data.get("ratios") or {}).items()
+    ]
+    config = data.get("config") or {}
+    intro = (
+        f"Local 3-node cluster, R3, {config.get('in_flight', '?')} acked publishes in flight "
+        f"from {config.get('publishers', '?')} publisher processes over "
+        f"{config.get('sessions', '?')} sessions, {config.get('seconds_per_phase', '?')} s "
+        "per phase (`benchmarks/partitions.py`); baseline: one stream, same run. All nodes "
+        "and publishers share this machine's cores (machine busy, in cores; not ours: "
+        "other processes), so this shows "
+        "where leader work runs more than the capacity separate machines would add."
+    )
+    return section(
+        title,
+        intro,
+        md_table(
+            [
+                "setup",
+                "acked pub/s",
+                "p50 ms",
+                "p99 ms",
+                "max node CPU share",
+                "nats CPU µs/ack",
+                "machine busy",
+                "not ours",
+                "leaders",
+            ],
+            rows,
+        ),
+        md_table(["3 streams / 1 stream", "pub/s", "p50", "p99", "nats CPU/ack"], ratios),
+        data=data,
+    )
+
+
 # ---- charts ----------------------------------------------------------------------------------
 
 
@@ -801,6 +861,7 @@ SECTIONS: tuple[tuple[str, Callable[[Json | None], str]], ...] = (
     ("presence.json", presence_section),
     ("cancel.json", cancel_section),
     ("notifier.json", notifier_section),
+    ("partitions.json", partitions_section),
 )
 
 

@@ -135,6 +135,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         300,
         about="run completed, user offline -> webhook received",
     ),
+    Scenario(
+        "partitions",
+        "partitions",
+        "partitions.json",
+        (),
+        ("--quick",),
+        300,
+        about="session log on a 3-node R3 cluster: one stream vs 3 partitions, acks/s, CPU",
+    ),
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}

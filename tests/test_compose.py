@@ -217,9 +217,17 @@ class ComposeServices:
     cluster profile), service host names mapped to loopback ports."""
 
     def __init__(self, tmp_path: Path, profile: dict[str, str] | None = None) -> None:
-        services = compose_services({**SECRETS, **(profile or {})})
+        self.processes: list[subprocess.Popen[bytes]] = []
+        try:
+            self._start(tmp_path, profile or {})
+        except BaseException:
+            self.stop()  # no nats-server or service outlives a failed start
+            raise
+
+    def _start(self, tmp_path: Path, profile: dict[str, str]) -> None:
+        services = compose_services({**SECRETS, **profile})
         self.services = services
-        active = set((profile or {}).get("COMPOSE_PROFILES", "").split(","))
+        active = set(profile.get("COMPOSE_PROFILES", "").split(","))
         nodes = sorted(
             n
             for n in NATS_NODES
@@ -229,7 +237,6 @@ class ComposeServices:
         routes = {n: free_port() for n in nodes}
         self.monitor_port = monitor["nats-1"]
         self.monitor_ports = list(monitor.values())
-        self.processes: list[subprocess.Popen[bytes]] = []
         for node in nodes:
             nats_env = check_nats_config(services[node], tmp_path / node)  # volume: a dir
             command = [nats_server_binary(), "-c", str(nats_config(services[node]))]
