@@ -154,7 +154,7 @@ def event_loop() -> str:
             import uvloop
         except ImportError:
             return "asyncio (uvloop not installed)"
-        return f"uvloop {uvloop.__version__}"
+        return f"uvloop {getattr(uvloop, '__version__', '?')}"
     return choice
 
 

@@ -69,6 +69,7 @@ from benchmarks._common import (
     watch_parent,
     write_json,
 )
+from benchmarks.durability import payload  # the same ~120-byte delta
 from shared import leaders, loop, natsconn
 from shared.cluster import LocalCluster, wait_stream
 from shared.settings import LogSettings, NatsSettings
@@ -78,20 +79,6 @@ SESSIONS = 150
 IN_FLIGHT = 64
 PARTITIONS = (1, 3)
 SYNCS = ("default", "always")
-
-
-def payload(session: int, n: int) -> bytes:
-    return orjson.dumps(
-        {
-            "v": 1,
-            "type": "message.delta",
-            "session": f"bench-{session}",
-            "ts": int(time.time() * 1000),
-            "message": "run-1-m1",
-            "i": n,
-            "text": f"token {n} of a streamed answer ",
-        }
-    )
 
 
 # ---- publisher child ---------------------------------------------------------------------------
