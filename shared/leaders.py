@@ -7,13 +7,15 @@ leader that loses its server moves to a survivor and stays there after the serve
 back. :func:`spread` moves leaders apart (a stepdown with a preferred successor, one short
 election per moved stream; publishers retry through it) until no server leads two more
 streams than another. The process that creates the partition streams runs it once
-(:func:`spread_new`); ``tether streams --spread`` runs it after a node's restart;
-``tether streams`` prints where each leader is.
+(:func:`spread_new`); every gateway runs a :class:`Balancer` that spreads them again when
+the same imbalance is seen twice in a row (after a node's restart); ``tether streams
+--spread`` does it at once, ``tether streams`` prints where each leader is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -100,8 +102,14 @@ def plan(found: list[Placement]) -> list[tuple[str, str]]:
 async def spread(
     nc: NATS, streams: tuple[str, ...] | list[str], *, timeout: float = 30.0
 ) -> list[Placement]:
-    """Move leaders apart (:func:`plan`); returns the placements afterwards."""
-    for stream, there in plan(await placements(nc, streams)):
+    """Move leaders apart (:func:`plan`), one move at a time, each planned from a fresh read
+    (so two processes spreading at once do not undo each other); returns the placements
+    afterwards."""
+    for _ in range(len(streams)):
+        moves = plan(await placements(nc, streams))
+        if not moves:
+            break
+        stream, there = moves[0]
         reply = await api(
             nc,
             f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
@@ -136,6 +144,35 @@ async def spread_new(
             log.warning("stream_leaders_not_spread", streams=list(streams), why="not settled")
             return found
         await asyncio.sleep(0.2)
+
+
+class Balancer:
+    """Keeps partition leaders spread: every ``period`` seconds (jittered, so gateways do not
+    check in step) it reads the placements, and when the same moves are due on two checks
+    in a row (not a passing election) it spreads the leaders. Errors are logged, not raised:
+    the cluster may be mid-failure."""
+
+    def __init__(self, nc: NATS, streams: tuple[str, ...], period: float) -> None:
+        self.nc = nc
+        self.streams = streams
+        self.period = period
+        self.moved = 0
+
+    async def run(self) -> None:
+        due: list[tuple[str, str]] = []
+        while True:
+            await asyncio.sleep(self.period * random.uniform(1.0, 1.5))  # noqa: S311 - jitter
+            try:
+                moves = plan(await placements(self.nc, self.streams))
+                if moves and moves == due:
+                    before = {p.stream: p.leader for p in await placements(self.nc, self.streams)}
+                    after = await spread(self.nc, self.streams)
+                    self.moved += sum(1 for p in after if before.get(p.stream) != p.leader)
+                    moves = []
+                due = moves
+            except (TetherError, Unavailable) as exc:
+                log.warning("leader_balance_failed", error=str(exc))
+                due = []
 
 
 async def _wait_leader(nc: NATS, stream: str, wanted: str, timeout: float) -> None:

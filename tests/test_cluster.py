@@ -5,9 +5,11 @@ session (one on each of two gateway processes); mid-stream the stream leader's n
 (partitioned: the leader of the first partition's stream) and one gateway are SIGKILLed and
 restarted. A Jepsen-style check compares what JetStream acknowledged to the agent with what
 every device received: exactly once, in order. It runs on one session stream and on three
-partitions (whose leaders are spread again after the restart). Figures go to
-test-artifacts/cluster.json (one stream) and cluster-partitions-3.json. Select with
-``-m cluster``.
+partitions (whose leaders are spread again after the restart).
+``test_gateway_spreads_partition_leaders_again_after_a_node_returns``: a gateway's leader
+balancer restores one leader per node after a node's kill and restart, with no command.
+Figures go to test-artifacts/cluster.json (one stream) and cluster-partitions-3.json.
+Select with ``-m cluster``.
 """
 
 from __future__ import annotations
@@ -624,3 +626,46 @@ async def test_single_node_kill9_keeps_acknowledged_events(tmp_path: Path, sync:
         await nc.close()
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_gateway_spreads_partition_leaders_again_after_a_node_returns(
+    tmp_path: Path,
+) -> None:
+    """A node's kill hands its partition leaders to the survivors; once it is back, a
+    gateway's leader balancer spreads them over all three nodes again by itself."""
+    nodes = LocalCluster(tmp_path / "cluster", partitions=PARTITIONS)
+    await asyncio.to_thread(nodes.start)
+    gateway: ServiceProcess | None = None
+    admin = None
+    try:
+        gateway = await asyncio.to_thread(
+            ServiceProcess,
+            ["gateway"],
+            nodes,  # type: ignore[arg-type]  # duck-typed: client_env(role)
+            {"TETHER_LEADER_BALANCE_SECONDS": "1"},
+            role="gateway",
+        )
+        admin = await natsconn.connect(nodes.settings("balance-admin"))
+        streams = LogSettings(partitions=PARTITIONS).streams
+        start = {s: await wait_stream(admin, s, 3) for s in streams}
+        assert len(set(start.values())) == 3, start  # spread when the gateway created them
+        victim = nodes.node_named(start[streams[0]])
+        await asyncio.to_thread(nodes.kill, victim)
+        moved = {s: await wait_stream(admin, s, 2) for s in streams}
+        assert len(set(moved.values())) == 2, moved  # the survivors lead everything
+        await asyncio.to_thread(nodes.restart, victim, 60.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            found = await leaders.placements(admin, streams)
+            if len({p.leader for p in found}) == 3:
+                break
+            assert loop.time() < deadline, f"leaders not spread again: {found}"
+            await asyncio.sleep(0.2)
+        assert nodes.nodes[victim].name in {p.leader for p in found}
+    finally:
+        if admin is not None:
+            await natsconn.close(admin)
+        if gateway is not None:
+            await asyncio.to_thread(gateway.stop)
+        await asyncio.to_thread(nodes.stop)

@@ -30,7 +30,7 @@ from services.gateway.hub import Hubs
 from services.gateway.limits import Limits, middleware
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.settings import GatewaySettings
-from shared import natsconn, ops, presence, subjects, webhooks
+from shared import leaders, natsconn, ops, presence, subjects, webhooks
 from shared.streams import ensure_stream
 from shared.tokens import Claims, verify
 
@@ -48,6 +48,7 @@ class Gateway:
         self._nc: NATS | None = None
         self._hubs: Hubs | None = None
         self._presence: presence.Writer | None = None
+        self._balancer: asyncio.Task[None] | None = None
         self._buckets: dict[str, KeyValue] = {}
         self.connections: set[Connection] = set()
         self.counters: Counter[str] = Counter()
@@ -133,6 +134,11 @@ class Gateway:
         await durable_streams.ensure(self)
         self._hubs = Hubs(self._nc, self.settings.log)
         self._presence = presence.Writer(self._nc)
+        log_settings = self.settings.log
+        period = self.settings.leader_balance_seconds
+        if log_settings.partitions > 1 and log_settings.replicas > 1 and period > 0:
+            balancer = leaders.Balancer(self._nc, log_settings.streams, period)
+            self._balancer = asyncio.create_task(balancer.run())
         self._presence.start()
         # access_log=None: the access log would print ?token= query strings.
         self.runner = web.AppRunner(
@@ -186,6 +192,9 @@ class Gateway:
             await self.runner.cleanup()
         if self._presence is not None:  # entries of connections that did not finish
             await self._presence.close()
+        if self._balancer is not None:
+            self._balancer.cancel()
+            await asyncio.gather(self._balancer, return_exceptions=True)
         if self._nc is not None:  # 5.
             await natsconn.close(self._nc)
         log.info("gateway_stopped", websockets_closed=closed)

@@ -41,6 +41,9 @@ class GatewaySettings:
     # WebSockets are flushed and closed 1012 within drain_seconds (docs/deploy.md).
     drain_delay_seconds: float = 2.0
     drain_seconds: float = 10.0
+    # Partitioned log in a cluster: how often to check that stream leaders are spread
+    # (shared/leaders.py Balancer; 0: never, leave it to `tether streams --spread`).
+    leader_balance_seconds: float = 60.0
     nats: NatsSettings = field(default_factory=NatsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     webhook_policy: AddressPolicy = field(default_factory=AddressPolicy)
@@ -99,6 +102,9 @@ class GatewaySettings:
                 "TETHER_DRAIN_DELAY_SECONDS", cls.drain_delay_seconds, minimum=0
             ),
             drain_seconds=env.number("TETHER_DRAIN_SECONDS", cls.drain_seconds, minimum=0.1),
+            leader_balance_seconds=env.number(
+                "TETHER_LEADER_BALANCE_SECONDS", cls.leader_balance_seconds, minimum=0
+            ),
             nats=NatsSettings.from_env(env, name="tether-gateway"),
             log=LogSettings.from_env(env),
             webhook_policy=AddressPolicy.from_env(env),
