@@ -439,3 +439,27 @@ async def test_replay_cut_short_resumes_from_before_it(
         assert device.view.texts == {"a": "A1 A2 A3", "b": "B"}
         await message.complete()
     await device.close()
+
+
+async def test_concurrent_connects_share_stream_state_reads(
+    gateway: Gateway, client: agent.Client
+) -> None:
+    """Fifty devices connecting at once (a drained gateway's devices arriving) share the
+    stream-state request in flight instead of one STREAM.INFO each, and all recover."""
+    sid = new_id("s-")
+    seq = await client.session(sid).post("hello", message_id="h", role="user")
+    infos: list[object] = []
+
+    async def count(msg: object) -> None:
+        infos.append(msg)
+
+    stream = client.log_settings.stream
+    sub = await client.nc.subscribe(f"$JS.API.STREAM.INFO.{stream}", cb=count)
+    await client.nc.flush()
+    devices = [Device(sid, token([sid])) for _ in range(50)]
+    await asyncio.gather(*(d.connect(url(gateway), since=seq) for d in devices))
+    await wait_for(lambda: all(d.view.live for d in devices), what="all caught up")
+    await sub.unsubscribe()
+    assert all(d.view.hellos[0]["recovered"] is True for d in devices)
+    assert 1 <= len(infos) < 25, len(infos)
+    await asyncio.gather(*(d.close() for d in devices))
