@@ -6,6 +6,8 @@ import asyncio
 import os
 import shutil
 import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +16,21 @@ import orjson
 import pytest
 
 from services.gateway.aisdk_answer import Answer
+from services.gateway.aisdk_watch import GONE, AgentWatch, agents_present
 from services.gateway.app import Gateway
+from services.gateway.roster import Roster
 from shared import agent
+from shared.presence import Change, Entry
 from shared.server import EmbeddedNats
 from shared.settings import LogSettings
 from tests.agentprocs import StartAgent
 from tests.agents.aisdk_agent import answer_tokens
-from tests.conftest import ROOT, token
+from tests.conftest import ROOT, ServiceProcess, gateway_settings, token, wait_for
 
 JS_DIR = ROOT / "tests" / "js" / "ai-sdk"
 TOKENS = [f"w{i} " for i in range(8)]
+RESUMER = "tests.agents.resume_agent"  # run-resume, message run-resume-m1, word by word
+GRACE = 2.0  # TETHER_AISDK_AGENT_GRACE_SECONDS of the quick_gateway fixture
 
 
 def base(gateway: Gateway) -> str:
@@ -461,3 +468,154 @@ async def test_real_ai_sdk_sends_and_resumes_mid_answer(
     assert len(first_delta["delta"]) >= len(result["textAtReconnect"])
     assert [c["type"] for c in result["secondChunks"]][-2:] == ["text-end", "finish"]
     assert result["afterwards"] is None  # 204 once the answer is over
+
+
+@pytest.fixture
+async def quick_gateway(nats_server: EmbeddedNats) -> AsyncIterator[Gateway]:
+    """An in-process gateway that gives up on a gone agent after ``GRACE`` seconds."""
+    gw = Gateway(gateway_settings(nats_server, aisdk_agent_grace_seconds=GRACE))
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+StartPresence = Callable[..., Awaitable[ServiceProcess]]
+WORDS = " ".join(f"word{n}" for n in range(60))
+
+
+def agent_in(gateway: Gateway, sid: str) -> bool:
+    hub = gateway.hubs.hubs.get(sid)
+    return hub is not None and agents_present(hub.roster)
+
+
+def deltas(chunks: list[Any]) -> int:
+    return sum(1 for c in chunks if isinstance(c, dict) and c["type"] == "text-delta")
+
+
+async def start_answer(
+    http: aiohttp.ClientSession, gateway: Gateway, agent_proc: StartAgent, sid: str
+) -> tuple[aiohttp.ClientResponse, list[Any], asyncio.Task[list[Any]], ServiceProcess]:
+    """POST a question, start a resume agent answering it; returns once text is streaming."""
+    resp = await http.post(
+        f"{base(gateway)}/api/chat", json=chat_body(sid, f"q-{sid}"), headers=auth(sid)
+    )
+    assert resp.status == 200
+    chunks: list[Any] = []
+    reader = asyncio.create_task(read_sse(resp, chunks))
+    doomed = await agent_proc(RESUMER, sid, "continue", WORDS, TEST_TOKEN_DELAY="0.05")
+    await wait_for(lambda: deltas(chunks) >= 5, what="text streaming")
+    assert agent_in(gateway, sid)
+    return resp, chunks, reader, doomed
+
+
+async def test_post_ends_with_an_error_when_the_agent_dies_mid_answer(
+    quick_gateway: Gateway, agent_proc: StartAgent, presence_process: StartPresence
+) -> None:
+    """SIGKILL of the agent mid-answer: the POST stream ends with an error chunk after the grace."""
+    await presence_process()
+    sid = "aisdk-gone-1"
+    async with aiohttp.ClientSession() as http:
+        resp, chunks, reader, doomed = await start_answer(http, quick_gateway, agent_proc, sid)
+        doomed.kill()
+        killed = time.monotonic()
+        await asyncio.wait_for(reader, GRACE + 5)
+        elapsed = time.monotonic() - killed
+        resp.close()
+    assert GRACE - 0.5 <= elapsed <= GRACE + 4
+    assert 0 < len(text_of(chunks)) < len(WORDS)
+    assert WORDS.startswith(text_of(chunks))
+    assert types_of(chunks)[-3:] == ["text-end", "error", "[DONE]"]
+    assert chunks[-2]["errorText"] == GONE
+    assert quick_gateway.counters["aisdk_agent_gone"] == 1
+
+
+async def test_an_agent_restarted_within_the_grace_continues_without_error(
+    gateway: Gateway, agent_proc: StartAgent, presence_process: StartPresence
+) -> None:
+    """An agent SIGKILLed and restarted within the grace resumes: the stream completes, no error."""
+    await presence_process()
+    sid = "aisdk-back-1"
+    async with aiohttp.ClientSession() as http:
+        resp, chunks, reader, doomed = await start_answer(http, gateway, agent_proc, sid)
+        doomed.kill()
+        await wait_for(lambda: not agent_in(gateway, sid), what="the crash seen in presence")
+        await agent_proc(RESUMER, sid, "continue", WORDS, TEST_TOKEN_DELAY="0.01")
+        await asyncio.wait_for(reader, 15)
+        resp.close()
+    assert text_of(chunks) == WORDS
+    assert types_of(chunks)[-3:] == ["text-end", "finish", "[DONE]"]
+    assert "error" not in types_of(chunks)
+    assert gateway.counters["aisdk_agent_gone"] == 0
+
+
+async def test_resume_ends_with_an_error_when_the_agent_is_gone(
+    quick_gateway: Gateway, agent_proc: StartAgent, presence_process: StartPresence
+) -> None:
+    """A resume GET of an answer whose agent died sends the text so far, then an error."""
+    await presence_process()
+    sid = "aisdk-gone-2"
+    async with aiohttp.ClientSession() as http:
+        resp, chunks, reader, doomed = await start_answer(http, quick_gateway, agent_proc, sid)
+        doomed.kill()
+        await wait_for(lambda: not agent_in(quick_gateway, sid), what="the crash seen in presence")
+        opened = time.monotonic()
+        async with http.get(
+            f"{base(quick_gateway)}/api/chat/{sid}/stream", headers=auth(sid)
+        ) as resumed:
+            assert resumed.status == 200
+            second = await asyncio.wait_for(read_sse(resumed), GRACE + 5)
+        elapsed = time.monotonic() - opened
+        await asyncio.wait_for(reader, GRACE + 5)
+        resp.close()
+    assert GRACE - 0.5 <= elapsed <= GRACE + 4
+    assert text_of(second) == text_of(chunks) and text_of(second)
+    assert types_of(second) == ["start", "text-start", "text-delta", "text-end", "error", "[DONE]"]
+    assert second[-2]["errorText"] == GONE
+    assert types_of(chunks)[-2:] == ["error", "[DONE]"]
+
+
+async def test_a_post_with_no_agent_yet_waits_past_the_grace(
+    quick_gateway: Gateway, client: agent.Client
+) -> None:
+    """With no agent seen in the session, a POST waits past the grace for one to start."""
+    sid, mid = "aisdk-late-1", "u-late-1"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{base(quick_gateway)}/api/chat", json=chat_body(sid, mid), headers=auth(sid)
+        ) as resp:
+            chunks: list[Any] = []
+            reader = asyncio.create_task(read_sse(resp, chunks))
+            await asyncio.sleep(GRACE + 1.5)
+            assert chunks == [] and not reader.done()
+            await stream_answer(client, sid, mid, TOKENS)
+            await asyncio.wait_for(reader, 15)
+    assert text_of(chunks) == "".join(TOKENS)
+    assert types_of(chunks)[-2:] == ["finish", "[DONE]"]
+
+
+def _roster(*roles: str) -> Roster:
+    roster = Roster()
+    for n, role in enumerate(roles, 1):
+        entry = Entry("s", role, f"p{n}", f"c{n}", "idle" if role == "agent" else "online")
+        roster.apply(Change(entry.key, n, entry))
+    return roster
+
+
+def test_agent_watch_waits_for_an_agent_then_gives_up_after_the_grace() -> None:
+    """The watch starts once an agent was seen or the answer began; output or presence renew it."""
+    idle, agent_ = Answer("q"), _roster("user", "agent")
+    users = _roster("user")
+    watch = AgentWatch(2.0, now=0.0)
+    assert not watch.gone(users, idle, 100.0)  # no agent seen, nothing begun: wait
+    assert not watch.gone(agent_, idle, 101.0)  # an agent: watched from now on
+    assert not watch.gone(users, idle, 102.5)
+    watch.output(102.5)  # output without presence (an agent writing none) keeps it open
+    assert not watch.gone(users, idle, 104.0)
+    assert watch.gone(users, idle, 104.5)
+    assert not watch.gone(users, idle, 105.0)  # answered once
+    begun = Answer("q")
+    begun.feed({"type": "run.started", "run": "r", "data": {"reply_to": "q"}})
+    resumed = AgentWatch(2.0, now=0.0)
+    resumed.output(0.0)  # the replayed run.started
+    assert not resumed.gone(users, begun, 1.0) and resumed.gone(users, begun, 2.0)
+    assert not AgentWatch(0.0, now=0.0).gone(users, begun, 50.0)  # 0: never

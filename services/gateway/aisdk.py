@@ -8,12 +8,14 @@ protocol over SSE. ``GET .../stream`` resumes the answer in progress: compacted 
 from the last user message on (one text delta with the text so far), then live deltas;
 204 when nothing is in progress. Both follow the session like a WebSocket device does:
 a ``Device`` joins the session's hub (live subscription first), the compacted history is
-replayed into it, then it goes live; it drops what it already has by sequence.
+replayed into it, then it goes live; it drops what it already has by sequence. A stream
+whose agent is gone (no agent present for a grace period, aisdk_watch.py) ends with an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ from aiohttp import web
 
 from services.gateway import replay
 from services.gateway.aisdk_answer import Answer, Chunk
+from services.gateway.aisdk_watch import GONE, AgentWatch, agent_output
 from services.gateway.device import Device
 from services.gateway.http import error_response
 from services.gateway.hub import SessionHub
@@ -142,6 +145,7 @@ class ChatStream:
             on_overflow=self._overflowed,
         )
         self.hub: SessionHub | None = None
+        self.watch = AgentWatch(gateway.settings.aisdk_agent_grace_seconds, time.monotonic())
         self.log = log.bind(session=session, kind=kind)
 
     async def join(self) -> None:
@@ -174,6 +178,8 @@ class ChatStream:
             await self._write(b": keep-alive\n\n")
             return
         if kind == "event":
+            if agent_output(item["event"]):
+                self.watch.output(time.monotonic())
             chunks = self.answer.feed(item["event"])
         elif kind == "failure":
             chunks = self.answer.fail(str(item.get("message")))
@@ -251,10 +257,19 @@ class ChatStream:
             try:
                 await asyncio.wait_for(self.done.wait(), 1.0)
             except TimeoutError:
+                self._check_agent()
                 idle += 1.0
                 if idle >= KEEPALIVE_SECONDS:
                     idle = 0.0
                     self.device.push(_KEEPALIVE)
+
+    def _check_agent(self) -> None:
+        """End the answer with an error when its agent is gone (aisdk_watch.py)."""
+        roster = self.hub.roster if self.hub is not None else None
+        if self.watch.gone(roster, self.answer, time.monotonic()):
+            self.gateway.counters["aisdk_agent_gone"] += 1
+            self.log.warning("aisdk_agent_gone", message=self.answer.message, run=self.answer.run)
+            self.device.push(orjson.dumps({"type": "failure", "message": GONE}))
 
 
 async def post_chat(gateway: Gateway, request: web.Request) -> web.StreamResponse:

@@ -55,6 +55,9 @@ class GatewaySettings:
     streams_max_append_bytes: int = 1024 * 1024 - 4096
     streams_read_bytes: int = 1024 * 1024
     streams_sweep_seconds: float = 60.0  # 0: expire streams only when they are accessed
+    # AI SDK streams (/api/chat): end with an error once no agent has been present (nor
+    # produced output) this long while an answer is awaited (aisdk_watch.py; 0: never).
+    aisdk_agent_grace_seconds: float = 10.0
     # Garbage collector (services/gateway/gcpolicy.py): freeze what start-up leaves, and the
     # generation thresholds (gen0 allocations, gen1 and gen2 collection counts).
     gc_freeze: bool = True
@@ -123,6 +126,9 @@ class GatewaySettings:
             ),
             streams_sweep_seconds=env.number(
                 "TETHER_STREAMS_SWEEP_SECONDS", cls.streams_sweep_seconds, minimum=0
+            ),
+            aisdk_agent_grace_seconds=env.number(
+                "TETHER_AISDK_AGENT_GRACE_SECONDS", cls.aisdk_agent_grace_seconds, minimum=0
             ),
             gc_freeze=env.boolean("TETHER_GC_FREEZE", cls.gc_freeze),
             gc_thresholds=parse_thresholds(
