@@ -1,5 +1,6 @@
 """The demo page in a real browser: Debian's Chromium driven by Playwright, two tabs of one
-session, a Python agent streaming a long answer, a gateway restart and a reload mid-answer.
+session, a Python agent streaming a long answer, a gateway restart and a reload mid-answer;
+a message sent while the gateway is down, then a reload.
 
 Chromium is found at ``TETHER_CHROMIUM`` or on the PATH (``apt-get install chromium``);
 Playwright's own browser downloads are never used. Screenshots and the measured
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
@@ -379,4 +381,110 @@ async def test_page_without_a_token_says_how_to_get_one(
     assert "tether up" in (await page.text_content("#notice") or "")
     assert await page.text_content("#conn-label") == "No token"
     assert (await page.evaluate("location.search")).startswith("?session=demo-")
+    await context.close()
+
+
+@pytest.fixture
+async def offline_browser() -> AsyncIterator[Browser]:
+    """Chromium for pages answered from a cache: a page Playwright fulfils counts as public
+    to Chromium's local network access checks, which would then block its WebSocket to
+    127.0.0.1 (the gateway of the test)."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--disable-features=LocalNetworkAccessChecks"],
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def serve_from_cache_when_down(context: Any) -> None:
+    """Route the context's HTTP through a cache: the page still loads (and reloads) while the
+    gateway is down, as from an offline cache. WebSockets are not routed: they fail while
+    the gateway is down."""
+    cache: dict[str, tuple[int, dict[str, str], bytes]] = {}
+
+    async def serve(route: Any) -> None:
+        url = route.request.url
+        try:
+            response = await route.fetch(max_retries=0, timeout=5000)
+        except Exception:  # noqa: BLE001 - the gateway is down: answer from the cache
+            if url not in cache:
+                await route.abort()
+                return
+            status, headers, body = cache[url]
+            await route.fulfill(status=status, headers=headers, body=body)
+            return
+        body = await response.body()
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        }
+        cache[url] = (response.status, headers, body)
+        await route.fulfill(status=response.status, headers=headers, body=body)
+
+    await context.route("**/*", serve)
+
+
+async def test_message_sent_while_the_gateway_is_down_survives_a_reload_and_is_stored_once(
+    offline_browser: Browser, gateway_process: Callable[..., GatewayProcess]
+) -> None:
+    """A message sent with the gateway down, then a reload: sent on return, stored once."""
+    port = free_port()
+    gateway = await asyncio.to_thread(gateway_process, TETHER_GATEWAY_PORT=str(port))
+    session = f"demo-{new_id()[:12]}"
+    jwt = token(["demo-*"], subject="browser")
+    url = f"http://127.0.0.1:{port}/?session={session}#token={jwt}"
+    text = f"Sent offline {new_id()[:8]}"
+    browser = offline_browser
+    context = await browser.new_context(viewport={"width": 900, "height": 760})
+    await serve_from_cache_when_down(context)
+    page = await open_tab(browser, url, context)
+
+    await asyncio.to_thread(gateway.stop)
+    await page.wait_for_function(
+        "() => document.getElementById('conn-badge').dataset.state !== 'live'", timeout=WAIT_MS
+    )
+    await page.fill("#input", text)
+    await page.press("#input", "Enter")
+    await page.wait_for_selector(".msg.user.pending", timeout=WAIT_MS)
+
+    await page.reload()  # still down: the page comes from the cache, the message from storage
+    await page.wait_for_selector(".msg.user.pending .tag.sending", timeout=WAIT_MS)
+    assert await page.text_content(".msg.user.pending .bubble") == text
+    stored = await page.evaluate(f"() => localStorage.getItem('tether:v1:{session}:outbox')")
+    assert stored is not None and text in stored
+
+    gateway = await asyncio.to_thread(gateway_process, TETHER_GATEWAY_PORT=str(port))
+    await wait_live(page)
+    await page.wait_for_selector(".msg.user:not(.pending)", timeout=WAIT_MS)
+    assert await page.eval_on_selector_all(
+        ".msg.user .bubble", "nodes => nodes.map(n => n.textContent)"
+    ) == [text]
+    await page.wait_for_function(
+        f"() => localStorage.getItem('tether:v1:{session}:outbox') === null", timeout=WAIT_MS
+    )
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{gateway.url}/v1/sessions/{session}/events",
+            params={"since": "0", "limit": "1000"},
+            headers={"Authorization": f"Bearer {jwt}"},
+        ) as response,
+    ):
+        assert response.status == 200
+        history = await response.json()
+    created = [
+        item["event"]
+        for item in history["events"]
+        if item["event"]["type"] == "message.created" and item["event"]["role"] == "user"
+    ]
+    assert [event["text"] for event in created] == [text], history
+    assert created[0]["participant"] == "browser"
+    assert getattr(page, "errors", []) == []
     await context.close()

@@ -6,6 +6,10 @@ export const MAX_CONTROLS: number;
 export const FATAL_CLOSE_CODES: readonly number[];
 export const ID_PATTERN: RegExp;
 export const STORAGE_INDEX_KEY: string;
+/** Unacknowledged user messages are stored under `{storageKey}{OUTBOX_SUFFIX}` (`:outbox`). */
+export const OUTBOX_SUFFIX: string;
+/** Ms after which a stored, unacknowledged message is dropped instead of resent (24 h). */
+export const DEFAULT_OUTBOX_MAX_AGE: number;
 export const DEFAULT_BACKOFF: Readonly<Required<BackoffOptions>>;
 
 export type MessageStatus = 'streaming' | 'complete' | 'deleted';
@@ -157,10 +161,18 @@ export interface ClientOptions {
   token: string | (() => string | Promise<string>);
   /** Gateway base URL (http(s):// or ws(s)://); default: the page's origin. */
   url?: string;
-  /** Where the position and view are kept; default localStorage; null: nowhere. */
+  /**
+   * Where the position, the view and unacknowledged user messages (the outbox) are kept;
+   * default localStorage; null: nowhere.
+   */
   storage?: StorageLike | null;
-  /** Default `tether:v1:{session}`. */
+  /** Default `tether:v1:{session}`; the outbox is kept under this plus `:outbox`. */
   storageKey?: string;
+  /**
+   * Ms after which a stored, unacknowledged user message is dropped on load instead of
+   * resent (reported as an `error` with code `outbox_expired`); default 24 h.
+   */
+  outboxMaxAge?: number;
   /** Sessions kept in storage; the least recently saved are dropped first (20). */
   maxStoredSessions?: number;
   /** A device name shown in presence. */
@@ -175,6 +187,7 @@ export interface ClientOptions {
 }
 
 export interface Ack {
+  type?: 'ack';
   id: string;
   seq: number;
   duplicate: boolean;
@@ -223,6 +236,7 @@ export interface EventMap {
   agentstate: { state: AgentState; previous: AgentState };
   pending: { pending: PendingMessage[] };
   ack: Ack;
+  /** An error frame; or `token` (the token function failed), `outbox_expired` (a stored message was too old to resend). */
   error: { code: string; message: string; id: string | null };
   change: { kind: string; id?: string; replay?: boolean };
 }
@@ -247,6 +261,7 @@ export class TetherClient extends EventTarget {
   messages(): Message[];
   approvals(): Approval[];
   activeRun(): Run | null;
+  /** Kept in storage until acknowledged; a reloaded page resends it with the same id. */
   send(text: string, options?: { id?: string }): Promise<Ack>;
   cancel(options?: { run?: string; id?: string }): Promise<Ack>;
   steer(text: string, options?: { run?: string; id?: string }): Promise<Ack>;

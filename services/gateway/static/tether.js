@@ -9,7 +9,8 @@
 // It reconnects with exponential backoff and jitter, resumes from its position (kept in
 // localStorage per session, with the view it belongs to, so a reloaded page resumes
 // instead of replaying everything), merges compacted replays without duplicating text
-// (./merge.js), resends unacknowledged frames with the same ids after a reconnect, and
+// (./merge.js), resends unacknowledged frames with the same ids after a reconnect, keeps
+// unacknowledged user messages in storage too (so a reload or a closed tab loses none), and
 // reports messages, runs, approvals, presence, the agent's state and its own connection
 // state as events. No dependencies, no build step; types in ./tether.d.ts.
 
@@ -36,6 +37,12 @@ export const FATAL_CLOSE_CODES = Object.freeze([4400, 4401, 4403]);
 /** Storage key of the index of stored sessions (key -> last save, Unix ms). */
 export const STORAGE_INDEX_KEY = 'tether:v1:~sessions'; // '~' is never in a session id
 
+/** Stored user messages not yet acknowledged are kept under `{storageKey}{OUTBOX_SUFFIX}`. */
+export const OUTBOX_SUFFIX = ':outbox';
+
+/** A stored user message older than this (ms) is dropped instead of resent (24 h). */
+export const DEFAULT_OUTBOX_MAX_AGE = 24 * 60 * 60 * 1000;
+
 /** Ids must match this (§2). */
 export const ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
 
@@ -57,8 +64,9 @@ export const DEFAULT_BACKOFF = Object.freeze({ initial: 250, max: 15000, factor:
  * @property {string} session
  * @property {string | (() => string | Promise<string>)} token  a JWT, or a function that returns a fresh one for every connect
  * @property {string} [url]          gateway base URL (http(s):// or ws(s)://); default: this page's origin
- * @property {StorageLike | null} [storage]  where the position and view are kept; default localStorage; null: nowhere
- * @property {string} [storageKey]   default `tether:v1:{session}`
+ * @property {StorageLike | null} [storage]  where the position, view and unacknowledged user messages are kept; default localStorage; null: nowhere
+ * @property {string} [storageKey]   default `tether:v1:{session}` (the outbox: that plus `:outbox`)
+ * @property {number} [outboxMaxAge] ms after which a stored, unacknowledged message is dropped instead of resent (24 h)
  * @property {number} [maxStoredSessions]  sessions kept in storage, least recently saved dropped first (20)
  * @property {string} [device]       a device name shown in presence
  * @property {BackoffOptions} [backoff]
@@ -114,6 +122,7 @@ export class TetherError extends Error {
 
 /**
  * @typedef {object} Ack
+ * @property {'ack'} [type]
  * @property {string} id
  * @property {number} seq
  * @property {boolean} duplicate
@@ -125,7 +134,7 @@ export class TetherError extends Error {
  * @property {string} text
  * @property {number} ts
  *
- * @typedef {{frame: Record<string, any>, resolve: (ack: Ack) => void, reject: (error: Error) => void, sent: boolean}} OutboxEntry
+ * @typedef {{frame: Record<string, any>, resolve: (ack: Ack) => void, reject: (error: Error) => void, sent: boolean, tries?: number}} OutboxEntry
  */
 
 /**
@@ -150,6 +159,8 @@ export class TetherClient extends EventTarget {
     /** @private */ this._url = wsBase(options.url);
     /** @private */ this._storage = options.storage === undefined ? defaultStorage() : options.storage;
     /** @private */ this._storageKey = options.storageKey ?? `tether:v1:${options.session}`;
+    /** @private */ this._outboxKey = `${this._storageKey}${OUTBOX_SUFFIX}`;
+    /** @private */ this._outboxMaxAge = options.outboxMaxAge ?? DEFAULT_OUTBOX_MAX_AGE;
     /** @private */ this._maxStored = Math.max(1, options.maxStoredSessions ?? 20);
     /** @private */ this._device = options.device ?? '';
     /** @private */ this._backoff = { ...DEFAULT_BACKOFF, ...(options.backoff ?? {}) };
@@ -177,6 +188,7 @@ export class TetherClient extends EventTarget {
     /** @private @type {import('./merge.js').View | null} the view before the current replay */ this._base = null;
     /** @private @type {Map<string, OutboxEntry>} */ this._outbox = new Map();
     /** @private @type {any} */ this._retryTimer = null;
+    /** @private @type {any} */ this._resendTimer = null;
     /** @private @type {any} */ this._helloTimer = null;
     /** @private @type {any} */ this._pingTimer = null;
     /** @private @type {any} */ this._saveTimer = null;
@@ -189,6 +201,11 @@ export class TetherClient extends EventTarget {
     /** @private */ this._onVisible = () => {
       if (globalThis.document?.visibilityState === 'visible') this.wake();
     };
+    /** @private @type {Set<string>} ids of user messages this client put in (or took from) storage */
+    this._persisted = new Set();
+    /** @private @type {PendingMessage[]} stored messages too old to resend (reported on connect) */
+    this._expired = [];
+    this._restoreOutbox();
   }
 
   // ---- public API ----------------------------------------------------------------------
@@ -213,16 +230,24 @@ export class TetherClient extends EventTarget {
     globalThis.addEventListener?.('online', this._onWake);
     globalThis.addEventListener?.('pagehide', this._onPageHide);
     globalThis.document?.addEventListener?.('visibilitychange', this._onVisible);
+    for (const message of this._expired.splice(0)) {
+      const hours = Math.round(this._outboxMaxAge / 3600000);
+      this._emit('error', { code: 'outbox_expired', message: `a message not sent within ${hours} h was dropped: ${message.text.slice(0, 80)}`, id: message.id });
+    }
     void this._open();
   }
 
-  /** Close for good: no reconnect; unacknowledged requests are rejected (`closed`). */
+  /**
+   * Close for good: no reconnect; unacknowledged requests are rejected (`closed`). Stored
+   * user messages stay stored: the next client of this session resends them.
+   */
   close() {
     this._stopped = true;
     globalThis.removeEventListener?.('online', this._onWake);
     globalThis.removeEventListener?.('pagehide', this._onPageHide);
     globalThis.document?.removeEventListener?.('visibilitychange', this._onVisible);
     clearTimeout(this._retryTimer);
+    clearTimeout(this._resendTimer);
     const ws = this._ws;
     if (ws !== null) {
       this._detach(ws);
@@ -247,7 +272,10 @@ export class TetherClient extends EventTarget {
     }
   }
 
-  /** Forget the stored position and view (the next connect replays everything). */
+  /**
+   * Forget the stored position and view (the next connect replays everything). Unacknowledged
+   * user messages stay stored.
+   */
   forget() {
     this._base = null;
     this.view = createView();
@@ -277,7 +305,9 @@ export class TetherClient extends EventTarget {
 
   /**
    * Send a user message. Resolves with the `ack` (`duplicate` when that id was stored
-   * before); queued while disconnected and resent with the same id after a reconnect.
+   * before); queued while disconnected and resent with the same id after a reconnect, and
+   * kept in storage until acknowledged, so a reloaded page resends it. Never throws: when
+   * storage fails, the message is kept in memory only.
    * @param {string} text
    * @param {{id?: string}} [options]
    * @returns {Promise<Ack>}
@@ -285,7 +315,13 @@ export class TetherClient extends EventTarget {
   send(text, options = {}) {
     if (typeof text !== 'string') return Promise.reject(new TypeError('text must be a string'));
     const id = options.id ?? newId('u-');
-    this.pending.set(id, { id, text, ts: Date.now() });
+    if (typeof id !== 'string' || !ID_PATTERN.test(id)) {
+      return Promise.reject(new TetherError('invalid_id', 'id must match [A-Za-z0-9_-]{1,128}'));
+    }
+    /** @type {PendingMessage} */
+    const message = { id, text, ts: Date.now() };
+    this.pending.set(id, message);
+    this._storeMessage(message);
     this._emit('pending', { pending: [...this.pending.values()] });
     return this._request({ type: 'send', id, text });
   }
@@ -449,6 +485,7 @@ export class TetherClient extends EventTarget {
     if (change.kind === 'message' && change.id !== undefined) {
       const message = this.view.messages[change.id];
       if (this.pending.delete(change.id)) this._emit('pending', { pending: [...this.pending.values()] });
+      if (this._persisted.has(change.id) && message.role === 'user') this._unstoreMessage(change.id);
       this._emit('message', { message, event: frame.event, seq: frame.seq, replay });
     } else if (change.kind === 'run' && change.id !== undefined) {
       this._emit('run', { run: this.view.runs[change.id], event: frame.event, seq: frame.seq, replay });
@@ -474,6 +511,7 @@ export class TetherClient extends EventTarget {
     this._setState('live');
     this._emit('caughtup', { seq: frame.seq });
     this.save();
+    this._settleKnownSends();
     this._flush();
     clearInterval(this._pingTimer);
     this._pingTimer = setInterval(() => this._ping(ws), this._pingInterval);
@@ -489,6 +527,7 @@ export class TetherClient extends EventTarget {
       this._outbox.delete(frame.id);
       entry.resolve(/** @type {Ack} */ (frame));
     }
+    if (this._persisted.has(frame.id)) this._unstoreMessage(frame.id);
     if (this.pending.has(frame.id) && this.view.messages[frame.id] !== undefined) {
       this.pending.delete(frame.id);
       this._emit('pending', { pending: [...this.pending.values()] });
@@ -504,10 +543,17 @@ export class TetherClient extends EventTarget {
     this._lastError = frame;
     const id = typeof frame.id === 'string' ? frame.id : null;
     const entry = id !== null ? this._outbox.get(id) : undefined;
-    if (id !== null && entry !== undefined) {
+    if (id !== null && entry !== undefined && frame.code === 'unavailable') {
+      // JetStream did not answer: nothing was refused. Keep it queued and send it again
+      // with the same id after a backoff (the log dedupes it if it was stored after all).
+      entry.sent = false;
+      entry.tries = (entry.tries ?? 0) + 1;
+      this._resendLater(backoffDelay(entry.tries - 1, this._backoff, this._random));
+    } else if (id !== null && entry !== undefined) {
       this._outbox.delete(id);
       entry.reject(new TetherError(String(frame.code), String(frame.message ?? ''), id));
       if (this.pending.delete(id)) this._emit('pending', { pending: [...this.pending.values()] });
+      if (this._persisted.has(id)) this._unstoreMessage(id); // refused: a resend would be too
     }
     this._emit('error', { code: frame.code, message: frame.message, id });
   }
@@ -612,6 +658,36 @@ export class TetherClient extends EventTarget {
     });
   }
 
+  /**
+   * Before resending after a (re)connect: a user message already in the replayed view was
+   * stored (its ack was lost, or another tab or an earlier page sent it). It is settled as a
+   * duplicate instead of resent, since JetStream dedupes by id only within its duplicate
+   * window (600 s) and a resend after that would be stored twice.
+   * @private
+   */
+  _settleKnownSends() {
+    for (const [id, entry] of this._outbox) {
+      const message = this.view.messages[id];
+      if (entry.sent || entry.frame.type !== 'send' || message === undefined || message.role !== 'user') continue;
+      this._outbox.delete(id);
+      if (this._persisted.has(id)) this._unstoreMessage(id);
+      if (this.pending.delete(id)) this._emit('pending', { pending: [...this.pending.values()] });
+      entry.resolve({ type: 'ack', id, seq: message.firstSeq, duplicate: true });
+    }
+  }
+
+  /**
+   * @private
+   * @param {number} delay
+   */
+  _resendLater(delay) {
+    if (this._resendTimer !== null || this._stopped) return;
+    this._resendTimer = setTimeout(() => {
+      this._resendTimer = null;
+      this._flush();
+    }, delay);
+  }
+
   /** @private */
   _flush() {
     const ws = this._ws;
@@ -649,6 +725,112 @@ export class TetherClient extends EventTarget {
   }
 
   /**
+   * Take the user messages a previous page (or another tab) of this session stored but did
+   * not see acknowledged: shown as pending and resent once live, unless already in the view
+   * (then dropped) or older than `outboxMaxAge` (dropped, reported as an `outbox_expired`
+   * error on connect).
+   * @private
+   */
+  _restoreOutbox() {
+    const stored = this._readOutbox();
+    if (stored.length === 0) return;
+    const now = Date.now();
+    let dropped = false;
+    for (const message of stored.sort((a, b) => a.ts - b.ts)) {
+      const known = this.view.messages[message.id];
+      if ((known !== undefined && known.role === 'user') || now - message.ts > this._outboxMaxAge) {
+        if (known === undefined) this._expired.push(message);
+        dropped = true;
+        continue;
+      }
+      if (this._outbox.has(message.id)) continue;
+      this._persisted.add(message.id);
+      this.pending.set(message.id, message);
+      const frame = { type: 'send', id: message.id, text: message.text };
+      this._outbox.set(message.id, { frame, resolve: () => {}, reject: () => {}, sent: false });
+    }
+    if (dropped) this._writeOutbox(stored.filter((m) => this._persisted.has(m.id)));
+  }
+
+  /**
+   * The stored outbox (shared by every tab of the session), valid entries only.
+   * @private
+   * @returns {PendingMessage[]}
+   */
+  _readOutbox() {
+    if (this._storage === null) return [];
+    try {
+      const parsed = JSON.parse(this._storage.getItem(this._outboxKey) ?? 'null');
+      if (parsed === null || parsed.v !== 1 || !Array.isArray(parsed.messages)) return [];
+      return parsed.messages.filter(
+        (/** @type {any} */ m) =>
+          m !== null && typeof m === 'object' && typeof m.id === 'string' && ID_PATTERN.test(m.id) && typeof m.text === 'string' && typeof m.ts === 'number',
+      );
+    } catch {
+      return []; // unavailable or corrupt
+    }
+  }
+
+  /**
+   * Replace the stored outbox. On failure (quota) this session's stored view is given up
+   * first (it can be replayed; a message cannot), then the outbox lives in memory only.
+   * @private
+   * @param {PendingMessage[]} messages
+   * @returns {boolean} stored
+   */
+  _writeOutbox(messages) {
+    const storage = this._storage;
+    if (storage === null) return false;
+    const write = () => {
+      if (messages.length === 0) storage.removeItem(this._outboxKey);
+      else storage.setItem(this._outboxKey, JSON.stringify({ v: 1, messages }));
+    };
+    try {
+      write();
+      return true;
+    } catch {
+      try {
+        storage.removeItem(this._storageKey);
+        write();
+        return true;
+      } catch {
+        return false;
+      }
+    }
+  }
+
+  /**
+   * Add one message to the stored outbox (read, add, write: tabs share the key, so each
+   * keeps the others' entries).
+   * @private
+   * @param {PendingMessage} message
+   */
+  _storeMessage(message) {
+    if (this._storage === null) return;
+    const messages = this._readOutbox().filter((m) => m.id !== message.id);
+    messages.push(message);
+    if (!this._writeOutbox(messages)) return;
+    this._persisted.add(message.id);
+    try {
+      this._prune();
+    } catch {
+      // the index is best effort
+    }
+  }
+
+  /**
+   * Remove one message from the stored outbox (acknowledged, seen in the log, or refused).
+   * @private
+   * @param {string} id
+   */
+  _unstoreMessage(id) {
+    this._persisted.delete(id);
+    const messages = this._readOutbox();
+    const rest = messages.filter((m) => m.id !== id);
+    if (rest.length !== messages.length) this._writeOutbox(rest);
+  }
+
+  /**
    * Record this session in the index and drop the least recently saved ones beyond
    * `maxStoredSessions` (a demo that opens many sessions must not fill the quota).
    * @private
@@ -668,6 +850,7 @@ export class TetherClient extends EventTarget {
     for (const key of keys.slice(this._maxStored)) {
       if (key === this._storageKey) continue;
       storage.removeItem(key);
+      storage.removeItem(`${key}${OUTBOX_SUFFIX}`);
       delete index[key];
     }
     storage.setItem(STORAGE_INDEX_KEY, JSON.stringify(index));

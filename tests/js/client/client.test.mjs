@@ -238,7 +238,7 @@ test('a token function is called for every connect, and 4401 then retries', asyn
   c.close();
 });
 
-test('sends wait for live, resolve on ack, and are resent with the same id after a cut', async () => {
+test('sends wait for live, resolve on ack, are resent with the same id after a cut, not once in the log', async () => {
   const c = client();
   const pending = [];
   c.on('pending', (d) => pending.push(d.pending.length));
@@ -254,10 +254,17 @@ test('sends wait for live, resolve on ack, and are resent with the same id after
   await waitFor(() => FakeSocket.all.length === 2, 'a second socket');
   ws = FakeSocket.all[1];
   ws.frame(hello());
+  ws.frame({ type: 'caught_up', seq: 0 });
+  assert.deepEqual(ws.sent, [{ type: 'send', id: 'q-1', text: 'hello?' }], 'resent with the same id');
+  ws.serverClose(1006);
+  await waitFor(() => FakeSocket.all.length === 3, 'a third socket');
+  // Stored meanwhile (the ack was lost): the replay shows it, so it is settled, not resent
+  // (JetStream dedupes by id only within its duplicate window).
+  ws = FakeSocket.all[2];
+  ws.frame(hello());
   ws.frame(ev(8, { type: 'message.created', message: 'q-1', role: 'user', text: 'hello?' }));
   ws.frame({ type: 'caught_up', seq: 8 });
-  assert.deepEqual(ws.sent, [{ type: 'send', id: 'q-1', text: 'hello?' }]);
-  ws.frame({ type: 'ack', id: 'q-1', seq: 8, duplicate: true });
+  assert.deepEqual(ws.sent, []);
   assert.deepEqual(await sent, { type: 'ack', id: 'q-1', seq: 8, duplicate: true });
   assert.deepEqual(pending, [1, 0]);
   assert.equal(c.messages().length, 1);
@@ -325,4 +332,167 @@ test('storage keeps the most recently saved sessions only', async () => {
   assert.notEqual(storage.getItem('tether:v1:s2'), null);
   assert.notEqual(storage.getItem('tether:v1:s3'), null);
   assert.deepEqual(Object.keys(JSON.parse(storage.getItem('tether:v1:~sessions'))).sort(), ['tether:v1:s2', 'tether:v1:s3']);
+});
+
+// ---- the stored outbox: unacknowledged user messages survive reloads ------------------
+
+test('an unavailable error keeps the request queued and resends it with the same id after a backoff', async () => {
+  const storage = new MemoryStorage();
+  const c = client({ storage });
+  const ws = await goLive(c);
+  const sent = c.send('while JetStream is down', { id: 'q-u' });
+  const cancelled = c.cancel({ id: 'c-u' });
+  assert.equal(ws.sent.length, 2);
+  ws.frame({ type: 'error', code: 'unavailable', message: 'JetStream did not answer', id: 'q-u' });
+  ws.frame({ type: 'error', code: 'unavailable', message: 'JetStream did not answer', id: 'c-u' });
+  assert.deepEqual([...c.pending.keys()], ['q-u'], 'still pending, not dropped');
+  assert.deepEqual(storedIds(storage), ['q-u'], 'still stored for a reload');
+  await waitFor(() => ws.sent.length === 4, 'the resends');
+  assert.deepEqual(ws.sent.slice(2), ws.sent.slice(0, 2), 'the same frames, the same ids');
+  ws.frame({ type: 'ack', id: 'q-u', seq: 1, duplicate: false });
+  ws.frame({ type: 'ack', id: 'c-u', seq: 2, duplicate: false });
+  assert.equal((await sent).seq, 1);
+  assert.equal((await cancelled).seq, 2);
+  assert.equal(storage.getItem(OUTBOX), null);
+});
+
+const OUTBOX = 'tether:v1:demo-1:outbox';
+const storedIds = (storage) => (JSON.parse(storage.getItem(OUTBOX) ?? '{"messages":[]}').messages ?? []).map((m) => m.id);
+
+/** Connect `c` and play hello (plus `events`) and caught_up; returns the socket. */
+async function goLive(c, events = [], head = 0) {
+  const n = FakeSocket.all.length;
+  c.connect();
+  await waitFor(() => FakeSocket.all.length === n + 1, 'a socket');
+  const ws = FakeSocket.all[n];
+  ws.frame(hello());
+  for (const [seq, event] of events) ws.frame(ev(seq, event));
+  ws.frame({ type: 'caught_up', seq: head });
+  return ws;
+}
+
+test('a send queued while disconnected survives a reload and is sent once live with the same id', async () => {
+  const storage = new MemoryStorage();
+  const first = client({ storage });
+  first.connect();
+  await waitFor(() => FakeSocket.all.length === 1, 'a socket');
+  FakeSocket.all[0].serverClose(1006); // the gateway is unreachable
+  const sent = first.send('offline question', { id: 'q-7' });
+  sent.catch(() => {}); // rejected by close(): the page went away
+  assert.deepEqual(storedIds(storage), ['q-7']);
+  first.close(); // the page is reloaded
+
+  const again = client({ storage });
+  assert.deepEqual([...again.pending.keys()], ['q-7'], 'shown as pending at once');
+  const ws = await goLive(again);
+  assert.deepEqual(ws.sent, [{ type: 'send', id: 'q-7', text: 'offline question' }]);
+  assert.deepEqual(storedIds(storage), ['q-7'], 'kept until acknowledged');
+  ws.frame({ type: 'ack', id: 'q-7', seq: 1, duplicate: false });
+  assert.equal(storage.getItem(OUTBOX), null, 'the ack removes it from storage');
+  ws.frame(ev(1, { type: 'message.created', message: 'q-7', role: 'user', text: 'offline question' }));
+  assert.equal(again.pending.size, 0);
+  assert.deepEqual(again.messages().map((m) => m.text), ['offline question']);
+});
+
+test('a stored send already in the replayed view is dropped, not resent', async () => {
+  const storage = new MemoryStorage();
+  const first = client({ storage });
+  first.send('sent, ack lost', { id: 'q-8' }).catch(() => {});
+  first.send('never arrived', { id: 'q-9' }).catch(() => {});
+  first.close();
+
+  const again = client({ storage });
+  const ws = await goLive(again, [[4, { type: 'message.created', message: 'q-8', role: 'user', text: 'sent, ack lost' }]], 4);
+  assert.deepEqual(ws.sent, [{ type: 'send', id: 'q-9', text: 'never arrived' }]);
+  assert.deepEqual(storedIds(storage), ['q-9']);
+  assert.deepEqual([...again.pending.keys()], ['q-9']);
+  ws.frame(ev(5, { type: 'message.created', message: 'q-9', role: 'user', text: 'never arrived' }));
+  assert.equal(storage.getItem(OUTBOX), null, 'seeing the message in the log removes it too');
+  assert.equal(again.pending.size, 0);
+});
+
+test('a stored send already in the stored view, or too old, is dropped on load', async () => {
+  const storage = new MemoryStorage();
+  const old = Date.now() - 25 * 3600 * 1000;
+  storage.setItem('tether:v1:demo-1', JSON.stringify({ v: 1, epoch: 'E1', position: 3, messages: { a: { id: 'a', role: 'user', text: 'in view', status: 'complete', i: null, seq: 3, firstSeq: 3, ts: 0 } }, order: ['a'], runs: {}, approvals: {}, controls: [] }));
+  storage.setItem(OUTBOX, JSON.stringify({ v: 1, messages: [{ id: 'a', text: 'in view', ts: Date.now() }, { id: 'b', text: 'stale', ts: old }, { id: 'c', text: 'fresh', ts: Date.now() }] }));
+  const c = client({ storage });
+  assert.deepEqual([...c.pending.keys()], ['c']);
+  assert.deepEqual(storedIds(storage), ['c']);
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  const ws = await goLive(c, [], 3);
+  assert.deepEqual(errors.map((e) => [e.code, e.id]), [['outbox_expired', 'b']]);
+  assert.deepEqual(ws.sent, [{ type: 'send', id: 'c', text: 'fresh' }]);
+});
+
+test('two tabs of one session keep each other\'s stored sends; either one removes an acked entry', async () => {
+  const storage = new MemoryStorage();
+  const tab1 = client({ storage });
+  const tab2 = client({ storage });
+  tab1.send('from tab 1', { id: 't1' }).catch(() => {});
+  tab2.send('from tab 2', { id: 't2' }).catch(() => {});
+  assert.deepEqual(storedIds(storage), ['t1', 't2']);
+  tab2.close(); // tab 2 is closed before it could send
+  const tab3 = client({ storage }); // a reload: it takes both entries
+  assert.deepEqual([...tab3.pending.keys()], ['t1', 't2']);
+  const ws = await goLive(tab3);
+  assert.deepEqual(ws.sent.map((f) => f.id), ['t1', 't2']);
+  ws.frame({ type: 'ack', id: 't1', seq: 1, duplicate: false });
+  assert.deepEqual(storedIds(storage), ['t2'], 'removed by the tab that saw the ack');
+  ws.frame(ev(2, { type: 'message.created', message: 't2', role: 'user', text: 'from tab 2' }));
+  assert.equal(storage.getItem(OUTBOX), null);
+});
+
+test('storage that throws does not break send (the outbox stays in memory)', async () => {
+  const broken = {
+    getItem() {
+      throw new Error('SecurityError');
+    },
+    setItem() {
+      throw new Error('QuotaExceededError');
+    },
+    removeItem() {
+      throw new Error('SecurityError');
+    },
+  };
+  const c = client({ storage: broken });
+  const sent = c.send('still sent', { id: 'q-1' });
+  assert.equal(c.pending.size, 1);
+  const ws = await goLive(c);
+  assert.deepEqual(ws.sent, [{ type: 'send', id: 'q-1', text: 'still sent' }]);
+  ws.frame({ type: 'ack', id: 'q-1', seq: 1, duplicate: false });
+  assert.equal((await sent).seq, 1);
+});
+
+test('a full storage gives up the stored view before the outbox', async () => {
+  const storage = new MemoryStorage();
+  const c = client({ storage });
+  c.save();
+  assert.notEqual(storage.getItem('tether:v1:demo-1'), null);
+  const setItem = storage.setItem.bind(storage);
+  storage.setItem = (key, value) => {
+    if (storage.items.has('tether:v1:demo-1')) throw new Error('QuotaExceededError');
+    setItem(key, value);
+  };
+  c.send('keep me', { id: 'q-2' }).catch(() => {});
+  assert.equal(storage.getItem('tether:v1:demo-1'), null);
+  assert.deepEqual(storedIds(storage), ['q-2']);
+});
+
+test('dropping a session from the index drops its stored outbox too', async () => {
+  const storage = new MemoryStorage();
+  const s1 = client({ storage, session: 's1', maxStoredSessions: 1 });
+  s1.send('old session', { id: 'x' }).catch(() => {});
+  assert.notEqual(storage.getItem('tether:v1:s1:outbox'), null);
+  await tick(2);
+  client({ storage, session: 's2', maxStoredSessions: 1 }).save();
+  assert.equal(storage.getItem('tether:v1:s1:outbox'), null);
+  assert.equal(storage.getItem('tether:v1:s1'), null);
+});
+
+test('storage null keeps nothing', async () => {
+  const c = client({ storage: null });
+  c.send('memory only', { id: 'm' }).catch(() => {});
+  assert.equal(c.pending.size, 1);
 });
