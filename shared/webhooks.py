@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,10 +196,20 @@ async def ensure_deliveries(nc: NATS, replicas: int = 1) -> None:
 async def read_bucket(nc: NATS, name: str, timeout: float = 5.0) -> dict[str, bytes]:
     """Every live key and value of a KV bucket, with batched direct gets (no consumer)."""
     values: dict[str, bytes] = {}
+    await read_changes(nc, name, values, 0, timeout)
+    return values
+
+
+async def read_changes(
+    nc: NATS, name: str, values: dict[str, bytes], since: int, timeout: float = 5.0
+) -> int:
+    """Apply to ``values`` every write and delete of a KV bucket stored after sequence
+    ``since`` (batched direct gets; one request and a 404 when nothing changed); returns
+    the last sequence read (``since`` when none)."""
     root = f"$KV.{name}."
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
-    cursor = 0
+    cursor = since
 
     async def on_message(msg: Msg) -> None:
         nonlocal cursor
@@ -226,10 +237,43 @@ async def read_bucket(nc: NATS, name: str, timeout: float = 5.0) -> dict[str, by
             except TimeoutError:
                 raise Unavailable(f"the bucket {name} did not answer in time") from None
             if pending == 0:
-                return values
+                return cursor
             done = loop.create_future()
     finally:
         await sub.unsubscribe()
+
+
+class SubscriptionsView:
+    """The stored subscriptions, kept current by reading only what changed in the bucket
+    since the last call: each call costs one direct-get request (a 404) when nothing did,
+    instead of a read of every subscription. Everything is read again every
+    ``full_read_seconds`` (a recreated bucket starts its sequences again). Reads happen at
+    call time, so a subscription stored before the call is always seen."""
+
+    def __init__(self, nc: NATS, full_read_seconds: float = 300.0) -> None:
+        self.nc = nc
+        self.full_read_seconds = full_read_seconds
+        self._raw: dict[str, bytes] = {}
+        self._cursor = 0
+        self._read_all_at = 0.0
+        self._sorted: list[Subscription] = []
+        self._lock = asyncio.Lock()
+
+    async def current(self) -> list[Subscription]:
+        """Every stored subscription, oldest first."""
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._read_all_at >= self.full_read_seconds or not self._read_all_at:
+                self._raw, self._cursor, self._read_all_at = {}, 0, now
+            before = self._cursor
+            name = subjects.WEBHOOKS_BUCKET
+            self._cursor = await read_changes(self.nc, name, self._raw, self._cursor)
+            if self._cursor != before or before == 0:
+                found = (decode(v) for v in self._raw.values())
+                self._sorted = sorted(
+                    (s for s in found if s is not None), key=lambda s: (s.created, s.id)
+                )
+            return self._sorted
 
 
 async def list_all(nc: NATS) -> list[Subscription]:

@@ -685,3 +685,32 @@ async def test_sdk_approval_is_pushed_and_answered(
         )
         assert response.status == 201
     assert await asyncio.wait_for(task, 10) == "yes"
+
+
+async def test_subscriptions_read_incrementally_yet_new_ones_apply_at_once(
+    admin_gateway: Gateway, bot: agent.Client, receiver: Receiver, notifier: Start
+) -> None:
+    """The notifier reads only what changed in the subscriptions bucket for each run event
+    (not every subscription), and a subscription stored just before a run completes gets
+    that run's webhook."""
+    for n in range(20):  # subscriptions of other sessions: read once, then never again
+        await subscribe(admin_gateway, receiver.url, filter={"session": f"other-{n}"})
+    requests: list[dict[str, Any]] = []
+
+    async def record(msg: Any) -> None:
+        requests.append(orjson.loads(msg.data))
+
+    watch = await bot.nc.subscribe(f"$JS.API.DIRECT.GET.KV_{subjects.WEBHOOKS_BUCKET}", cb=record)
+    await notifier()
+    warm = new_id("s-")
+    for _ in range(3):
+        await finish_run(bot, warm)
+    sid = new_id("s-")
+    await subscribe(admin_gateway, receiver.url, filter={"session": sid})
+    await finish_run(bot, sid)  # at once: the new subscription must already apply
+    await wait_for(lambda: len(receiver.requests) == 1, what="the new subscription's webhook")
+    await bot.nc.flush()
+    await watch.unsubscribe()
+    assert receiver.requests[0].payload["session"] == sid
+    from_start = [r for r in requests if r.get("seq") == 1]
+    assert len(requests) >= 4 and len(from_start) == 1, requests  # one full read, then changes

@@ -97,6 +97,7 @@ class Trigger:
         self.nc = nc
         self.settings = settings
         self.read_positions = read_positions
+        self.subscriptions = webhooks.SubscriptionsView(nc)
 
     async def handle(self, msg: Msg) -> None:
         """Decide about one stored run event; ack when decided and jobs are stored."""
@@ -109,7 +110,7 @@ class Trigger:
         kind = str(event["type"])
         candidates = [
             s
-            for s in await webhooks.list_all(self.nc)
+            for s in await self.subscriptions.current()
             if kind in s.events and s.session in (None, parsed.session)
         ]
         if not candidates:
