@@ -23,13 +23,12 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from shared import streams, subjects
-from shared.errors import BadFrame, Unavailable
+from shared import kvread, streams, subjects
+from shared.errors import BadFrame
 from shared.ids import check_id, new_id
 from shared.settings import Secret
 from shared.wire import now_ms
@@ -193,56 +192,6 @@ async def ensure_deliveries(nc: NATS, replicas: int = 1) -> None:
     await streams.ensure(nc, config, update=False)
 
 
-async def read_bucket(nc: NATS, name: str, timeout: float = 5.0) -> dict[str, bytes]:
-    """Every live key and value of a KV bucket, with batched direct gets (no consumer)."""
-    values: dict[str, bytes] = {}
-    await read_changes(nc, name, values, 0, timeout)
-    return values
-
-
-async def read_changes(
-    nc: NATS, name: str, values: dict[str, bytes], since: int, timeout: float = 5.0
-) -> int:
-    """Apply to ``values`` every write and delete of a KV bucket stored after sequence
-    ``since`` (batched direct gets; one request and a 404 when nothing changed); returns
-    the last sequence read (``since`` when none)."""
-    root = f"$KV.{name}."
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[int] = loop.create_future()
-    cursor = since
-
-    async def on_message(msg: Msg) -> None:
-        nonlocal cursor
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        if status is not None:
-            if not done.done():
-                done.set_result(0 if status == "404" else int(headers.get("Nats-Num-Pending", 0)))
-            return
-        cursor = max(cursor, int(headers.get(subjects.SEQUENCE, "0")))
-        key = headers.get(subjects.STREAM_SUBJECT, "").removeprefix(root)
-        if headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
-            values.pop(key, None)
-        else:
-            values[key] = msg.data
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=on_message)
-    try:
-        while True:
-            request = {"seq": cursor + 1, "next_by_subj": f"{root}>", "batch": 1000}
-            await nc.publish(f"$JS.API.DIRECT.GET.KV_{name}", orjson.dumps(request), reply=inbox)
-            try:
-                pending = await asyncio.wait_for(done, timeout)
-            except TimeoutError:
-                raise Unavailable(f"the bucket {name} did not answer in time") from None
-            if pending == 0:
-                return cursor
-            done = loop.create_future()
-    finally:
-        await sub.unsubscribe()
-
-
 class SubscriptionsView:
     """The stored subscriptions, kept current by reading only what changed in the bucket
     since the last call: each call costs one direct-get request (a 404) when nothing did,
@@ -267,7 +216,7 @@ class SubscriptionsView:
                 self._raw, self._cursor, self._read_all_at = {}, 0, now
             before = self._cursor
             name = subjects.WEBHOOKS_BUCKET
-            self._cursor = await read_changes(self.nc, name, self._raw, self._cursor)
+            self._cursor = await kvread.read_into(self.nc, name, self._raw, self._cursor)
             if self._cursor != before or before == 0:
                 found = (decode(v) for v in self._raw.values())
                 self._sorted = sorted(
@@ -278,7 +227,7 @@ class SubscriptionsView:
 
 async def list_all(nc: NATS) -> list[Subscription]:
     """Every stored subscription, oldest first (one batched read)."""
-    found = [decode(v) for v in (await read_bucket(nc, subjects.WEBHOOKS_BUCKET)).values()]
+    found = [decode(v) for v in (await kvread.read_all(nc, subjects.WEBHOOKS_BUCKET)).values()]
     return sorted((s for s in found if s is not None), key=lambda s: (s.created, s.id))
 
 
@@ -311,7 +260,7 @@ async def publish_job(nc: NATS, job: dict[str, Any], dedupe: str) -> None:
 
 async def dead_letters(nc: NATS) -> list[dict[str, Any]]:
     """Every dead letter record, oldest first."""
-    values = await read_bucket(nc, subjects.DEAD_LETTERS_BUCKET)
+    values = await kvread.read_all(nc, subjects.DEAD_LETTERS_BUCKET)
     records = [orjson.loads(v) for v in values.values()]
     return sorted(records, key=lambda r: int(r.get("failed_at", 0)))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -21,7 +22,7 @@ from services.gateway.app import Gateway
 from services.gateway.durable_streams import store, sweeper
 from services.gateway.durable_streams.meta import Metadata
 from services.gateway.durable_streams.service import Streams
-from shared import subjects
+from shared import natsconn, subjects
 from shared.server import EmbeddedNats
 from tests.conftest import ROOT, GatewayProcess, gateway_settings, token
 
@@ -395,3 +396,40 @@ async def test_sweep_reclaims_streams_nobody_reads(
     assert found == []
     async with http.get(_url(open_gateway, "sweep/long")) as r:
         assert await r.read() == b"kept"
+
+
+async def test_sweeper_reads_only_what_changed_since_its_last_sweep(
+    open_gateway: Gateway, http: aiohttp.ClientSession, nats_server: EmbeddedNats
+) -> None:
+    """A gateway's sweeper reads the whole metadata bucket once, then only the records
+    written since, and still reclaims a stream that expires later."""
+    streams = Streams(open_gateway.nc, Metadata(open_gateway.bucket(subjects.DS_META_BUCKET)))
+    text = {"Content-Type": "text/plain"}
+    for n in range(5):
+        async with http.put(
+            _url(open_gateway, f"inc/keep-{n}"), data=b"x", headers={**text, "Stream-TTL": "3600"}
+        ):
+            pass
+    requests: list[dict[str, Any]] = []
+
+    async def record(msg: Any) -> None:
+        requests.append(orjson.loads(msg.data))
+
+    admin = await natsconn.connect(nats_server.settings("ds-sweep-watch"))  # sees API calls
+    watch = await admin.subscribe(f"$JS.API.DIRECT.GET.KV_{subjects.DS_META_BUCKET}", cb=record)
+    await admin.flush()
+    sweep = sweeper.Sweeper(streams)
+    await sweep.sweep()
+    async with http.put(
+        _url(open_gateway, "inc/short"), data=b"old", headers={**text, "Stream-TTL": "1"}
+    ):
+        pass
+    await asyncio.sleep(1.2)
+    assert await sweep.sweep() >= 1
+    assert await streams.metadata.get("inc/short") is None
+    await sweep.sweep()
+    await admin.flush()
+    await watch.unsubscribe()
+    await natsconn.close(admin)
+    assert [r.get("seq") == 1 for r in requests].count(True) == 1, requests  # one full read
+    assert len(requests) >= 3
