@@ -170,8 +170,8 @@ class Balancer:
                     self.moved += sum(1 for p in after if before.get(p.stream) != p.leader)
                     moves = []
                 due = moves
-            except (TetherError, Unavailable) as exc:
-                log.warning("leader_balance_failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - a background loop: log, check again later
+                log.warning("leader_balance_failed", error=repr(exc))
                 due = []
 
 
