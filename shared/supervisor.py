@@ -9,6 +9,7 @@ grace period before SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import orjson
 import structlog
 
+from shared import sealing
 from shared.server import EmbeddedNats, die_with_parent
 from shared.settings import LogSettings, Secret
 from shared.tokens import mint
@@ -37,6 +39,21 @@ def dev_secret(data_dir: Path) -> Secret:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
     return Secret(path.read_text().strip())
+
+
+def dev_sealing_key(data_dir: Path) -> str:
+    """The webhook sealing key kept in the data dir (created on first use), unless the
+    environment gives ``TETHER_WEBHOOK_SEALING_KEYS`` itself."""
+    given = os.environ.get(sealing.VARIABLE) or os.environ.get(f"{sealing.VARIABLE}_FILE")
+    if given:
+        return ""
+    path = data_dir / "webhook-sealing-key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.b64encode(secrets.token_bytes(sealing.KEY_BYTES)).decode())
+    return path.read_text().strip()
 
 
 @dataclass
@@ -179,7 +196,11 @@ async def up(
     watcher = asyncio.create_task(watch_server(server, stop)) if server else None
     # One gateway and no proxy to tell: stop at once (unless the environment says otherwise).
     drain = {"TETHER_DRAIN_DELAY_SECONDS": os.environ.get("TETHER_DRAIN_DELAY_SECONDS", "0")}
-    children = [Child("gateway", ["gateway"], {**env, **role_env(server, "gateway"), **drain})]
+    # Only the gateway (stores subscriptions) and the notifier (signs) get the sealing key.
+    key = dev_sealing_key(data_dir)
+    sealing_env = {sealing.VARIABLE: key} if key else {}
+    gateway_env = {**env, **role_env(server, "gateway"), **drain, **sealing_env}
+    children = [Child("gateway", ["gateway"], gateway_env)]
     sys_env = (
         server.sys_env()
         if server
@@ -197,7 +218,8 @@ async def up(
             "presence_service_skipped",
             why="--nats-url without TETHER_NATS_SYS_USER: no system account user",
         )
-    children.append(Child("notifier", ["notifier"], {**env, **role_env(server, "notifier")}))
+    notifier_env = {**env, **role_env(server, "notifier"), **sealing_env}
+    children.append(Child("notifier", ["notifier"], notifier_env))
     if demo_agent:
         agent_env = {**env, **role_env(server, "agent")}
         children.append(Child("demo-agent", ["demo-agent"], agent_env))

@@ -1,8 +1,8 @@
 """Webhook subscriptions, delivery jobs and dead letters, all stored in JetStream.
 
 * Subscriptions: KV bucket ``TETHER_WEBHOOKS``, key = subscription id (``wh_...``), value
-  the subscription JSON (the signing secret included: whoever reads the bucket is an
-  operator).
+  the subscription JSON, its signing secret sealed when the gateway has sealing keys
+  (shared/sealing.py); a secret that cannot be opened reads as empty (``signable`` false).
 * Jobs: the work-queue stream ``TETHER_WEBHOOK_DELIVERIES`` on
   ``tether.webhooks.deliver.{subscription}``; each carries the webhook-id and the payload.
 * Dead letters: KV bucket ``TETHER_WEBHOOK_DEAD``, key = webhook-id.
@@ -27,9 +27,10 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from shared import kvread, streams, subjects
+from shared import kvread, sealing, streams, subjects
 from shared.errors import BadFrame
 from shared.ids import check_id, new_id
+from shared.sealing import Sealer
 from shared.settings import Secret
 from shared.wire import now_ms
 
@@ -80,8 +81,17 @@ class Subscription:
             return {"user": self.user}
         return {}
 
-    def stored(self) -> bytes:
-        return orjson.dumps({**self.public(with_secret=True)})
+    @property
+    def signable(self) -> bool:
+        """False when the stored secret is sealed with a key this process does not have."""
+        return bool(self.secret)
+
+    def stored(self, sealer: Sealer | None = None) -> bytes:
+        """The bucket's record: the secret sealed when there is a ``sealer``."""
+        body = self.public(with_secret=True)
+        if sealer is not None:
+            body["secret"] = sealer.seal(self.secret.reveal(), self.id)
+        return orjson.dumps(body)
 
     def key_bytes(self) -> bytes:
         """The HMAC key: the base64 part after ``whsec_``."""
@@ -145,14 +155,22 @@ def parse_request(body: dict[str, Any], url: str) -> Subscription:
     return Subscription(new_id("wh_"), url, Secret(secret), events, session, user)
 
 
-def decode(data: bytes) -> Subscription | None:
+def decode(data: bytes, sealer: Sealer | None = None) -> Subscription | None:
+    """A stored subscription; its secret opened with ``sealer`` when sealed (empty when it
+    cannot be: no sealer, or none of its keys), None when the record is malformed."""
     try:
         raw = orjson.loads(data)
         session, user = raw["filter"].get("session"), raw["filter"].get("user")
+        secret = str(raw["secret"])
+        if sealing.is_sealed(secret):
+            try:
+                secret = sealer.open(secret, raw["id"]) if sealer is not None else ""
+            except sealing.SealedSecretError:
+                secret = ""
         return Subscription(
             id=raw["id"],
             url=raw["url"],
-            secret=Secret(raw["secret"]),
+            secret=Secret(secret),
             events=tuple(raw["events"]),
             session=session,
             user=user,
@@ -231,12 +249,12 @@ async def list_all(nc: NATS) -> list[Subscription]:
     return sorted((s for s in found if s is not None), key=lambda s: (s.created, s.id))
 
 
-async def get(kv: KeyValue, key: str) -> Subscription | None:
+async def get(kv: KeyValue, key: str, sealer: Sealer | None = None) -> Subscription | None:
     try:
         entry = await kv.get(key)
     except (KeyNotFoundError, KeyDeletedError):
         return None
-    return decode(entry.value) if entry.value else None
+    return decode(entry.value, sealer) if entry.value else None
 
 
 # ---- jobs and dead letters -----------------------------------------------------------

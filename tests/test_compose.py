@@ -46,6 +46,7 @@ SECRETS = {
     "TETHER_AGENT_NATS_PASSWORD": "compose-agent-pw",
     "TETHER_SYS_PASSWORD": "compose-sys-pw",
     "TETHER_JWT_SECRET": "compose-jwt-secret-0123456789abcdef",
+    "TETHER_WEBHOOK_SEALING_KEYS": "Y29tcG9zZS1zZWFsaW5nLWtleS0wMTIzNDU2Nzg5YWI=",
 }
 NATS_NODES = {"nats-1", "nats-2", "nats-3"}
 TETHER_SERVICES = ("gateway-1", "gateway-2", "presence", "notifier", "demo-agent")

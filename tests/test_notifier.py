@@ -21,9 +21,10 @@ from services.notifier import signing
 from services.notifier.delivery import backoff
 from services.notifier.service import NotifierService
 from services.notifier.settings import NotifierSettings
-from shared import agent, cursors, presence, subjects, webhooks, wire
+from shared import agent, cursors, kvread, presence, subjects, webhooks, wire
 from shared.errors import ConfigError
 from shared.ids import new_id
+from shared.sealing import SealedSecretError, Sealer
 from shared.server import EmbeddedNats
 from shared.settings import Env, LogSettings, Secret
 from shared.urlsafety import AddressPolicy, kind_of
@@ -714,3 +715,89 @@ async def test_subscriptions_read_incrementally_yet_new_ones_apply_at_once(
     assert receiver.requests[0].payload["session"] == sid
     from_start = [r for r in requests if r.get("seq") == 1]
     assert len(requests) >= 4 and len(from_start) == 1, requests  # one full read, then changes
+
+
+SEALER = Sealer.parse("bm90aWZpZXItc2VhbGluZy1rZXktMDEyMzQ1Njc4OWE=")
+OTHER_SEALER = Sealer.parse("b3RoZXItc2VhbGluZy1rZXktMDEyMzQ1Njc4OWFiY2Q=")
+
+
+async def test_signing_secrets_are_sealed_at_rest_and_still_sign(
+    own_nats: EmbeddedNats, bot: agent.Client, receiver: Receiver, notifier: Start
+) -> None:
+    """With sealing keys the bucket holds no signing secret in the clear, and a notifier
+    with the keys signs with the secret the gateway returned on create."""
+    gw = Gateway(gateway_settings(own_nats, webhook_policy=LOOPBACK, webhook_sealer=SEALER))
+    await gw.start()
+    try:
+        sid = new_id("s-")
+        hook = await subscribe(gw, receiver.url, filter={"session": sid})
+        raw = await kvread.read_all(bot.nc, subjects.WEBHOOKS_BUCKET)
+        stored = raw[hook["id"]]
+        assert hook["secret"].encode() not in stored and b"sealed:v1:" in stored
+        await notifier(sealer=SEALER)
+        await finish_run(bot, sid)
+        await wait_for(lambda: len(receiver.requests) == 1, what="one delivery")
+        got = receiver.requests[0]
+        Webhook(hook["secret"]).verify(got.body, got.headers)
+    finally:
+        await gw.stop()
+
+
+async def test_a_secret_the_notifier_cannot_open_is_dead_lettered_not_sent(
+    own_nats: EmbeddedNats, bot: agent.Client, receiver: Receiver, notifier: Start
+) -> None:
+    """A notifier without the sealing key sends nothing unsigned: the job becomes a dead
+    letter naming the variable at once (no retries), which a notifier with the key replays."""
+    gw = Gateway(gateway_settings(own_nats, webhook_policy=LOOPBACK, webhook_sealer=SEALER))
+    await gw.start()
+    try:
+        sid = new_id("s-")
+        await subscribe(gw, receiver.url, filter={"session": sid})
+        wrong = await notifier(sealer=OTHER_SEALER)
+        await finish_run(bot, sid)
+        dead: list[dict[str, Any]] = []
+
+        async def poll() -> None:
+            while not dead:
+                _, reply = await api(gw, "GET", "/v1/webhooks/dead")
+                dead.extend(reply["dead"])
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(poll(), 10)
+        assert receiver.requests == []
+        assert dead[0]["attempts"] == 1 and "TETHER_WEBHOOK_SEALING_KEYS" in dead[0]["error"]
+        await wrong.stop()
+        await notifier(sealer=SEALER)
+        status, _ = await api(gw, "POST", f"/v1/webhooks/dead/{dead[0]['webhook_id']}/replay")
+        assert status == 200
+        await wait_for(lambda: len(receiver.requests) == 1, what="the replayed delivery")
+    finally:
+        await gw.stop()
+
+
+def test_sealer_keys_rotation_and_errors() -> None:
+    """Sealed secrets open with any configured key (rotation), not for another record nor
+    with another key; malformed keys are refused naming their position; repr shows no key."""
+    assert SEALER is not None and OTHER_SEALER is not None
+    sealed = SEALER.seal("whsec_abc", "wh_1")
+    assert sealed.startswith("sealed:v1:") and "whsec_abc" not in sealed
+    assert SEALER.open(sealed, "wh_1") == "whsec_abc"
+    with pytest.raises(SealedSecretError):
+        SEALER.open(sealed, "wh_2")  # bound to its record
+    with pytest.raises(SealedSecretError):
+        OTHER_SEALER.open(sealed, "wh_1")
+    rotated = Sealer.parse(
+        "b3RoZXItc2VhbGluZy1rZXktMDEyMzQ1Njc4OWFiY2Q=, bm90aWZpZXItc2VhbGluZy1rZXktMDEyMzQ1Njc4OWE="
+    )
+    assert rotated is not None and rotated.open(sealed, "wh_1") == "whsec_abc"
+    assert OTHER_SEALER.open(rotated.seal("s", "x"), "x") == "s"  # the first key seals
+    assert Sealer.parse("") is None
+    with pytest.raises(ConfigError, match="key 2 is not base64"):
+        Sealer.parse("bm90aWZpZXItc2VhbGluZy1rZXktMDEyMzQ1Njc4OWE=,not base64!")
+    with pytest.raises(ConfigError, match="key 1 decodes to 5 bytes"):
+        Sealer.parse("aGVsbG8=")
+    assert "bm90" not in repr(SEALER) and "Sealer(keys=" in repr(SEALER)
+    settings = NotifierSettings.from_env(
+        Env({"TETHER_WEBHOOK_SEALING_KEYS": "bm90aWZpZXItc2VhbGluZy1rZXktMDEyMzQ1Njc4OWE="})
+    )
+    assert settings.sealer is not None and "bm90" not in repr(settings)

@@ -65,7 +65,7 @@ async def create(gateway: Gateway, request: web.Request) -> web.Response:
         subscription = webhooks.parse_request(body, str(body["url"]))
         await check_url(subscription.url, gateway.settings.webhook_policy)
         kv = gateway.bucket(subjects.WEBHOOKS_BUCKET)
-        await kv.put(subscription.id, subscription.stored())
+        await kv.put(subscription.id, subscription.stored(gateway.settings.webhook_sealer))
     except ClientError as error:
         return error_response(error)
     log.info("webhook_created", webhook=subscription.id, events=list(subscription.events))

@@ -8,6 +8,7 @@ from functools import cached_property
 from services.gateway.auth import keys_from_env, leeway_from_env, origins_from_env
 from services.gateway.gcpolicy import DEFAULT_THRESHOLDS, parse_thresholds
 from shared.errors import ConfigError
+from shared.sealing import Sealer
 from shared.settings import Env, LogSettings, NatsSettings, Secret
 from shared.tokens import DEFAULT_AUDIENCE, KeyRing, VerifyingKey
 from shared.urlsafety import AddressPolicy
@@ -47,6 +48,8 @@ class GatewaySettings:
     nats: NatsSettings = field(default_factory=NatsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     webhook_policy: AddressPolicy = field(default_factory=AddressPolicy)
+    # Seals webhook signing secrets in the bucket (TETHER_WEBHOOK_SEALING_KEYS); None: plain.
+    webhook_sealer: Sealer | None = None
     # Durable Streams (/v1/stream/*): "token" (the path's first segment must be granted by
     # the token's sessions patterns) or "none" (open, e.g. for the conformance suite).
     streams_auth: str = "token"
@@ -111,6 +114,7 @@ class GatewaySettings:
             nats=NatsSettings.from_env(env, name="tether-gateway"),
             log=LogSettings.from_env(env),
             webhook_policy=AddressPolicy.from_env(env),
+            webhook_sealer=Sealer.from_env(env),
             streams_auth=_streams_auth(env.string("TETHER_STREAMS_AUTH", cls.streams_auth)),
             streams_long_poll_seconds=env.number(
                 "TETHER_STREAMS_LONG_POLL_SECONDS", cls.streams_long_poll_seconds, minimum=0.1

@@ -30,10 +30,16 @@ from services.notifier.settings import NotifierSettings
 from shared import webhooks
 from shared.errors import ClientError, InvalidId
 from shared.ids import check_id
+from shared.sealing import VARIABLE
 from shared.urlsafety import SafeResolver, check_url
 from shared.webhooks import Subscription
 
 log = structlog.get_logger(__name__)
+
+UNSEALABLE = (
+    f"the subscription's signing secret is sealed with a key this notifier does not have "
+    f"({VARIABLE}); fix the keys, then replay this dead letter"
+)
 
 ERROR_CHARS = 300
 
@@ -105,9 +111,14 @@ class Deliverer:
             await msg.term()
             return
         attempt = msg.metadata.num_delivered
-        subscription = await webhooks.get(self.subscriptions, sid)
+        subscription = await webhooks.get(self.subscriptions, sid, self.settings.sealer)
         if subscription is None:
             log.info("webhook_dropped", webhook=sid, webhook_id=wid, why="subscription deleted")
+            await msg.ack()
+            return
+        if not subscription.signable:  # retrying cannot help; a replay after the fix can
+            log.error("webhook_secret_sealed", webhook=sid, webhook_id=wid, variable=VARIABLE)
+            await self.dead_letter(subscription, job, attempt, UNSEALABLE)
             await msg.ack()
             return
         started = time.monotonic()

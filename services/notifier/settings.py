@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.ops import OpsSettings
+from shared.sealing import Sealer
 from shared.settings import Env, LogSettings, NatsSettings
 from shared.urlsafety import AddressPolicy
 
@@ -23,6 +24,8 @@ class NotifierSettings:
     ack_wait_seconds: float = 30.0
     concurrency: int = 4
     policy: AddressPolicy = field(default_factory=AddressPolicy)
+    # Opens sealed signing secrets (TETHER_WEBHOOK_SEALING_KEYS, shared/sealing.py).
+    sealer: Sealer | None = None
     # /healthz, /readyz, /metrics (TETHER_NOTIFIER_HTTP_HOST / _PORT; port 0: random)
     http: OpsSettings = field(default_factory=OpsSettings)
 
@@ -48,5 +51,6 @@ class NotifierSettings:
             ),
             concurrency=env.integer("TETHER_WEBHOOK_CONCURRENCY", cls.concurrency, minimum=1),
             policy=AddressPolicy.from_env(env),
+            sealer=Sealer.from_env(env),
             http=OpsSettings.from_env("notifier", env),
         )
