@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 NANOS = 1_000_000_000
 DEFAULT_TTL_SECONDS = 60
 MARKER_TTL_SECONDS = 60
+REFRESH_BATCH = 100  # puts in flight per refresh step: 10,000 at once stalled a gateway ~1 s
 USER_STATES = ("online",)
 AGENT_STATES = ("thinking", "streaming", "idle", "offline")
 REASON = "Tether-Reason"
@@ -315,7 +316,19 @@ class Writer:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
-            await asyncio.gather(*(self._put(e) for e in list(self.entries.values())))
+            await self._refresh_all()
+
+    async def _refresh_all(self) -> None:
+        """Put every entry again, ``REFRESH_BATCH`` at a time (all at once, a gateway with
+        10,000 connections stalled its event loop for a second every refresh), skipping an
+        entry removed or replaced meanwhile (its key would come back until the TTL)."""
+        entries = list(self.entries.values())
+        for start in range(0, len(entries), REFRESH_BATCH):
+            batch = [e for e in entries[start : start + REFRESH_BATCH] if self._current(e)]
+            await asyncio.gather(*(self._put(e) for e in batch))
+
+    def _current(self, entry: Entry) -> bool:
+        return self.entries.get(entry.key) is entry
 
     async def close(self) -> None:
         """Remove every entry (reason ``closed``) and stop refreshing."""

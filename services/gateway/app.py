@@ -26,6 +26,7 @@ from nats.js.kv import KeyValue
 
 from services.gateway import admin, aisdk, durable_streams, gcpolicy, http, static, ws
 from services.gateway.auth import origin_middleware
+from services.gateway.deadlines import Deadlines
 from services.gateway.hub import Hubs
 from services.gateway.limits import Limits, middleware
 from services.gateway.metrics import GatewayMetrics
@@ -51,6 +52,7 @@ class Gateway:
         self._balancer: asyncio.Task[None] | None = None
         self._buckets: dict[str, KeyValue] = {}
         self.connections: set[Connection] = set()
+        self.deadlines = Deadlines()  # the WebSockets' token expiries, on one timer
         self.counters: Counter[str] = Counter()
         self.limits = Limits(settings)
         self.runner: web.AppRunner | None = None

@@ -61,15 +61,18 @@ class Device:
         self._buffer: list[tuple[int, bytes, int]] = []
         self._buffer_bytes = 0  # held during the replay
         self.queued_bytes = 0  # in the send queue, not yet handed to the socket
-        self._queue: deque[bytes] = deque()
+        # Created when the first frame is queued, dropped when the writer empties it: an
+        # idle connection holds no deque (~0.8 KB each).
+        self._queue: deque[bytes] | None = None
         self.overflowed = False
         self._gone = False  # the socket failed under the writer
         self.greeted = False
         self._started = False  # frames queue until start()
         self._halted = False  # close() or abort(): nothing more is written
         self.writer: asyncio.Task[None] | None = None  # while the queue is being drained
-        self._room = asyncio.Event()  # set while the queue is at most half full
-        self._room.set()
+        # While a paced replay waits for the queue to empty to a quarter (None: not waiting;
+        # created then, not per connection).
+        self._room: asyncio.Event | None = None
 
     @property
     def stopped(self) -> bool:
@@ -124,12 +127,14 @@ class Device:
                 return
         # One frame is always let through, however large, so a frame over the byte bound
         # cannot make a device overflow on every reconnect.
-        if len(self._queue) >= self._limit or (
+        if self.queued_frames >= self._limit or (
             self.queued_bytes and self.queued_bytes + len(frame) > self._byte_limit
         ):
             self._overflow()
             return
         self.queued_bytes += len(frame)
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(frame)
         if self.writer is None:
             self._drain()
@@ -152,12 +157,15 @@ class Device:
         """
         if seq <= self.delivered:
             return
-        if len(self._queue) >= self._limit // 2 or self.queued_bytes >= self._byte_limit // 2:
-            self._room.clear()
+        if self.queued_frames >= self._limit // 2 or self.queued_bytes >= self._byte_limit // 2:
+            room = self._room = asyncio.Event()
             try:
-                await asyncio.wait_for(self._room.wait(), STALL_SECONDS)
+                await asyncio.wait_for(room.wait(), STALL_SECONDS)
             except TimeoutError:
                 self._overflow()  # not a frame taken for that long: a slow client
+            finally:
+                if self._room is room:
+                    self._room = None
         if self.stopped:
             return  # the connection is being closed; push() would drop it anyway
         self.push(frame)
@@ -179,19 +187,28 @@ class Device:
     def _overflow(self) -> None:
         if not self.overflowed:
             self.overflowed = True
-            self._room.set()  # a paced replay must not wait for a writer that is going away
+            self._wake()  # a paced replay must not wait for a writer that is going away
             log.warning(
                 "device_slow",
                 session=self.session,
                 delivered=self.delivered,
-                queued_frames=len(self._queue),
+                queued_frames=self.queued_frames,
                 queued_bytes=self.queued_bytes,
             )
             self._on_overflow(self)
 
     def _failed(self) -> None:
         self._gone = True  # the socket is closing or gone; the connection cleans up
-        self._room.set()  # a paced replay must not wait for this writer
+        self._wake()  # a paced replay must not wait for this writer
+
+    def _wake(self) -> None:
+        if self._room is not None:
+            self._room.set()
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames in the send queue, not yet handed to the socket."""
+        return len(self._queue) if self._queue is not None else 0
 
     def _drain(self) -> None:
         """Start the writer if frames are queued and it may write."""
@@ -200,8 +217,9 @@ class Device:
 
     async def _write_loop(self) -> None:
         try:
-            while self._queue:
-                frame = self._queue.popleft()
+            queue = self._queue
+            while queue:
+                frame = queue.popleft()
                 try:
                     await self._send(frame)
                 except (ConnectionError, RuntimeError):
@@ -210,14 +228,16 @@ class Device:
                 finally:
                     self.queued_bytes -= len(frame)
                 if (
-                    not self._room.is_set()
-                    and len(self._queue) <= self._limit // 4
+                    self._room is not None
+                    and len(queue) <= self._limit // 4
                     and self.queued_bytes <= self._byte_limit // 4
                 ):
                     self._room.set()
         finally:
             if self.writer is asyncio.current_task():
                 self.writer = None
+                if self._queue is not None and not self._queue:
+                    self._queue = None  # emptied: an idle device holds no deque
 
     async def close(self) -> None:
         """Stop writing after what is queued has been sent."""
@@ -234,7 +254,7 @@ class Device:
 
     def abort(self) -> None:
         self._halted = True
-        self._room.set()
+        self._wake()
         if self.writer is not None:
             self.writer.cancel()
 

@@ -5,9 +5,9 @@ The stream republishes every stored event to ``tether.live.{session}...`` with i
 every device. After a NATS reconnect a hub may have missed live messages, so it resyncs:
 it buffers live frames, reads the log after the last sequence it saw, offers that, then
 releases the buffer; it also reloads the session's presence. Devices drop what they
-already have, so nothing is delivered twice or out of order. (The subscription's pending
-limits are large, 1M messages / 512 MiB, so the client never drops live messages as a slow
-consumer short of a stalled event loop.)
+already have, so nothing is delivered twice or out of order. (Both subscriptions are
+direct, ``shared.natsfast.subscribe_direct``: each message is handled as nats-py reads it,
+so none waits in a client-side queue and none is dropped as a slow consumer.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 
 from services.gateway.device import Device
 from services.gateway.roster import Roster
-from shared import history, presence, subjects, wire
+from shared import history, natsfast, presence, subjects, wire
 from shared.settings import LogSettings
 
 log = structlog.get_logger(__name__)
@@ -50,14 +50,16 @@ class SessionHub:
 
     async def open(self) -> None:
         try:
-            self.subscription = await self.hubs.nc.subscribe(
+            # Direct subscriptions: the callbacks never block, so they run in nats-py's read
+            # loop, in arrival order, without a queue and a task per subscription (~4 KB each).
+            self.subscription = await natsfast.subscribe_direct(
+                self.hubs.nc,
                 subjects.live_filter(self.session),
-                cb=self._on_message,
-                pending_msgs_limit=1_000_000,
+                self._on_message,
                 pending_bytes_limit=512 * 1024 * 1024,
             )
-            self.presence_subscription = await self.hubs.nc.subscribe(
-                subjects.presence_live(self.session), cb=self._on_presence
+            self.presence_subscription = await natsfast.subscribe_direct(
+                self.hubs.nc, subjects.presence_live(self.session), self._on_presence
             )
             await self.hubs.nc.flush()  # the server has our interest before anyone reads history
             self.roster.load(
@@ -68,7 +70,7 @@ class SessionHub:
             self.ready.set_exception(exc)
             raise
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, msg: Msg) -> None:
         headers = msg.headers or {}
         try:
             seq = int(headers[subjects.SEQUENCE])
@@ -98,7 +100,7 @@ class SessionHub:
                 covers = 0  # deliver it: a repeat is harmless, a loss is not
         self.deliver(seq, wire.event_frame_raw(seq, msg.data), covers)
 
-    async def _on_presence(self, msg: Msg) -> None:
+    def _on_presence(self, msg: Msg) -> None:
         change = presence.parse_change(msg.subject, msg.headers, msg.data)
         if change is None:
             self.hubs.malformed += 1

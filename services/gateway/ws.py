@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -20,6 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from services.gateway import approvals, control, replay
 from services.gateway.cursors import CursorWriter
+from services.gateway.deadlines import Deadline
 from services.gateway.device import Device, slow_client_error
 from services.gateway.hub import SessionHub
 from services.gateway.messages import publish_user_message
@@ -123,7 +124,12 @@ class Connection:
         self.gate = gateway.limits.frame_gate(claims, session)
         request = ws._req  # aiohttp keeps no public handle on the transport
         self._transport = request.transport if request is not None else None
-        self.log = log.bind(session=session, connection=self.id)
+
+    @property
+    def log(self) -> Any:
+        """This connection's logger (bound when used: a few lines per connection, so no
+        bound logger is held per connection)."""
+        return log.bind(session=self.session, connection=self.id)
 
     async def _send(self, frame: bytes) -> None:
         await self.ws.send_frame(frame, WSMsgType.TEXT)
@@ -221,10 +227,11 @@ class Connection:
                 loop.call_later(CLOSE_TIMEOUT, abort_if_stuck, self._transport)
             self.log.info("ws_closed", code=self.ws.close_code, delivered=self.device.delivered)
 
-    def _close_at_expiry(self) -> asyncio.TimerHandle:
-        """Close with 4401 when the token expires (plus the leeway): no socket outlives it."""
+    def _close_at_expiry(self) -> Deadline:
+        """Close with 4401 when the token expires (plus the leeway): no socket outlives it.
+        (On the gateway's shared deadline timer, not a timer per connection.)"""
         delay = self.claims.expires_at + self.gateway.settings.jwt_leeway_seconds - time.time()
-        return asyncio.get_running_loop().call_later(max(0.0, delay), self._token_expired)
+        return self.gateway.deadlines.call_later(delay, self._token_expired)
 
     def _token_expired(self) -> None:
         self.gateway.counters["ws_token_expired"] += 1
