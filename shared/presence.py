@@ -282,15 +282,17 @@ class Writer:
             client_id,
         )
 
-    async def set(self, entry: Entry) -> None:
-        """Add or change an entry (a no-op when nothing visible changed)."""
+    async def set(self, entry: Entry) -> Change | None:
+        """Add or change an entry (a no-op when nothing visible changed); the change as
+        stored (None: nothing stored)."""
         current = self.entries.get(entry.key)
         if current is not None:
             entry = replace(entry, since=current.since)
             if current == entry:
-                return
+                return None
         self.entries[entry.key] = entry
-        await self._put(entry)
+        seq = await self._put(entry)
+        return Change(entry.key, seq, entry) if seq else None
 
     async def remove(self, key: str, reason: str = "closed") -> None:
         if self.entries.pop(key, None) is not None:
@@ -299,11 +301,13 @@ class Writer:
             except Exception as exc:  # noqa: BLE001 - the TTL backstop removes it later
                 log.warning("presence_remove_failed", key=key, error=repr(exc))
 
-    async def _put(self, entry: Entry) -> None:
+    async def _put(self, entry: Entry) -> int:
+        """Store an entry; its sequence (0 when the put failed)."""
         try:
-            await put(self.nc, entry, self.ttl)
+            return await put(self.nc, entry, self.ttl)
         except Exception as exc:  # noqa: BLE001 - refreshed later; presence is best effort
             log.warning("presence_put_failed", key=entry.key, error=repr(exc))
+            return 0
 
     async def reown(self) -> None:
         """After a reconnect: the same entries under the new client id, before the presence

@@ -357,3 +357,34 @@ async def test_http_presence_lists_members(presence_gateway: Gateway) -> None:
     assert resp.status == 200
     assert [(m["participant"], m["state"]) for m in body["members"]] == [("carol", "online")]
     await device.close()
+
+
+async def test_hello_lists_the_device_even_when_the_presence_read_lags(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a cluster the hub's first presence read may come from a replica that has not
+    applied the device's own put yet (direct gets): the hello still lists the device, and
+    a device joining later sees both."""
+    from services.gateway import hub as hub_module
+
+    real_snapshot = hub_module.presence.snapshot
+    lagging = [True]
+
+    async def snapshot(nc: object, subject: str) -> dict[str, object]:
+        if lagging[0]:  # the first read: a replica behind the leader
+            lagging[0] = False
+            return {}
+        return await real_snapshot(nc, subject)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hub_module.presence, "snapshot", snapshot)
+    sid = new_id("s-")
+    first = Device(sid, token([sid], subject="alice"))
+    await first.connect(url(gateway))
+    await wait_for(lambda: first.view.live, what="first device live")
+    assert [m["participant"] for m in first.view.hellos[0]["presence"]] == ["alice"]
+    second = Device(sid, token([sid], subject="bob"))
+    await second.connect(url(gateway))
+    await wait_for(lambda: second.view.live, what="second device live")
+    assert sorted(m["participant"] for m in second.view.hellos[0]["presence"]) == ["alice", "bob"]
+    await second.close()
+    await first.close()

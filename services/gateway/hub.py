@@ -105,6 +105,11 @@ class SessionHub:
         if change is None:
             self.hubs.malformed += 1
             return
+        self.presence_changed(change)
+
+    def presence_changed(self, change: presence.Change) -> None:
+        """Apply a presence change to the roster and tell the greeted devices (a change
+        already applied, by sequence, is ignored)."""
         frame = self.roster.apply(change)
         if frame is not None:
             for device in tuple(self.devices):

@@ -202,8 +202,13 @@ class Connection:
             self.session, role, self.claims.subject, self.id, "online", device=self.device_name
         )
         try:
-            await gateway.presence.set(entry)
+            stored = await gateway.presence.set(entry)
             hub = await gateway.hubs.join(self.session, self.device)
+            if stored is not None:
+                # The hub's snapshot may come from a replica that has not applied this put
+                # yet (direct gets in a cluster), and its live copy may have gone out before
+                # the hub subscribed: the hello must list this device, the others learn of it.
+                hub.presence_changed(stored)
             await self._replay(hub)
             await self._read_loop()
         except ClientError as error:
