@@ -293,6 +293,20 @@ async def test_retries_with_backoff_keep_the_webhook_id(
         Webhook(hook["secret"]).verify(request.body, request.headers)
 
 
+async def dead_letters(gateway: Gateway, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The dead letters, once there is at least one (polled through the admin API)."""
+    dead: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        while not dead:
+            _, reply = await api(gateway, "GET", "/v1/webhooks/dead")
+            dead.extend(reply["dead"])
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)
+    return dead
+
+
 async def test_dead_letter_then_replay(
     admin_gateway: Gateway, bot: agent.Client, receiver: Receiver, notifier: Start
 ) -> None:
@@ -302,15 +316,7 @@ async def test_dead_letter_then_replay(
     await subscribe(admin_gateway, receiver.url, filter={"session": sid})
     await notifier(max_attempts=3, backoff_seconds=0.05)
     await finish_run(bot, sid)
-    dead: list[dict[str, Any]] = []
-
-    async def poll() -> None:
-        while not dead:
-            _, reply = await api(admin_gateway, "GET", "/v1/webhooks/dead")
-            dead.extend(reply["dead"])
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(poll(), 10)
+    dead = await dead_letters(admin_gateway)
     assert len(receiver.requests) == 3
     record = dead[0]
     assert record["attempts"] == 3 and record["error"] == "HTTP 503"
@@ -755,15 +761,7 @@ async def test_a_secret_the_notifier_cannot_open_is_dead_lettered_not_sent(
         await subscribe(gw, receiver.url, filter={"session": sid})
         wrong = await notifier(sealer=OTHER_SEALER)
         await finish_run(bot, sid)
-        dead: list[dict[str, Any]] = []
-
-        async def poll() -> None:
-            while not dead:
-                _, reply = await api(gw, "GET", "/v1/webhooks/dead")
-                dead.extend(reply["dead"])
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(poll(), 10)
+        dead = await dead_letters(gw)
         assert receiver.requests == []
         assert dead[0]["attempts"] == 1 and "TETHER_WEBHOOK_SEALING_KEYS" in dead[0]["error"]
         await wrong.stop()
