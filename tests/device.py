@@ -171,13 +171,16 @@ class Device:
         await self.ws.send_str(orjson.dumps(frame).decode())
 
     async def disconnect(self) -> None:
-        """The device goes away (closes its socket)."""
-        if self.ws is not None:
-            await self.ws.close()
-        if self.reader is not None:
-            await asyncio.gather(self.reader, return_exceptions=True)
+        """The device goes away (closes its socket). The socket and reader are taken first:
+        a reconnecting task that connects meanwhile gets new ones, which this call must
+        neither wait for nor clear (it did, and then waited for that connection to end)."""
+        ws, reader = self.ws, self.reader
         self.ws = None
         self.reader = None
+        if ws is not None:
+            await ws.close()
+        if reader is not None:
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def wait_closed(self, timeout: float = 10.0) -> int | None:
         if self.reader is not None:
