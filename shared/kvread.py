@@ -1,13 +1,15 @@
 """Reading a KV bucket without a consumer: batched direct gets by subject, from a sequence.
 
 A reader that keeps what it read and the last sequence can ask again for only what changed
-since (one request, answered by a 404, when nothing did): the notifier's view of the
-webhook subscriptions and the Durable Streams sweeper read their buckets that way.
+since (one request, answered by a 404, when nothing did; :class:`Follower`): the
+notifier's view of the webhook subscriptions and the Durable Streams sweeper read their
+buckets that way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import orjson
@@ -63,6 +65,40 @@ async def read_changes(
             done = loop.create_future()
     finally:
         await sub.unsubscribe()
+
+
+class Follower:
+    """A bucket followed by reading only what changed since the last :meth:`refresh` (one
+    request, a 404, when nothing did). Every ``full_read_seconds`` it starts over
+    (``on_reset``, then everything again): a recreated bucket restarts its sequences."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        bucket: str,
+        on_change: Callable[[str, bytes | None], None],
+        on_reset: Callable[[], None],
+        full_read_seconds: float,
+    ) -> None:
+        self.nc = nc
+        self.bucket = bucket
+        self.on_change = on_change
+        self.on_reset = on_reset
+        self.full_read_seconds = full_read_seconds
+        self._cursor = 0
+        self._read_all_at = 0.0
+
+    async def refresh(self) -> bool:
+        """Apply the changes since the last call; True when there were any (or it started
+        over)."""
+        now = time.monotonic()
+        over = not self._read_all_at or now - self._read_all_at >= self.full_read_seconds
+        if over:
+            self.on_reset()
+            self._cursor, self._read_all_at = 0, now
+        before = self._cursor
+        self._cursor = await read_changes(self.nc, self.bucket, self._cursor, self.on_change)
+        return over or self._cursor != before
 
 
 async def read_into(

@@ -17,7 +17,6 @@ import base64
 import binascii
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,24 +217,23 @@ class SubscriptionsView:
     call time, so a subscription stored before the call is always seen."""
 
     def __init__(self, nc: NATS, full_read_seconds: float = 300.0) -> None:
-        self.nc = nc
-        self.full_read_seconds = full_read_seconds
         self._raw: dict[str, bytes] = {}
-        self._cursor = 0
-        self._read_all_at = 0.0
+        self._bucket = kvread.Follower(
+            nc, subjects.WEBHOOKS_BUCKET, self._apply, self._raw.clear, full_read_seconds
+        )
         self._sorted: list[Subscription] = []
         self._lock = asyncio.Lock()
+
+    def _apply(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self._raw.pop(key, None)
+        else:
+            self._raw[key] = value
 
     async def current(self) -> list[Subscription]:
         """Every stored subscription, oldest first."""
         async with self._lock:
-            now = time.monotonic()
-            if now - self._read_all_at >= self.full_read_seconds or not self._read_all_at:
-                self._raw, self._cursor, self._read_all_at = {}, 0, now
-            before = self._cursor
-            name = subjects.WEBHOOKS_BUCKET
-            self._cursor = await kvread.read_into(self.nc, name, self._raw, self._cursor)
-            if self._cursor != before or before == 0:
+            if await self._bucket.refresh():
                 found = (decode(v) for v in self._raw.values())
                 self._sorted = sorted(
                     (s for s in found if s is not None), key=lambda s: (s.created, s.id)

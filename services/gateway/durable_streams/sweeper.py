@@ -50,10 +50,14 @@ class Sweeper:
 
     def __init__(self, streams: Streams, full_read_seconds: float = FULL_READ_SECONDS) -> None:
         self.streams = streams
-        self.full_read_seconds = full_read_seconds
         self.deadlines: dict[str, float] = {}
-        self._cursor = 0
-        self._read_all_at = 0.0
+        self._bucket = kvread.Follower(
+            streams.nc,
+            subjects.DS_META_BUCKET,
+            self._apply,
+            self.deadlines.clear,
+            full_read_seconds,
+        )
 
     def _apply(self, key: str, value: bytes | None) -> None:
         try:
@@ -68,11 +72,7 @@ class Sweeper:
 
     async def sweep(self) -> int:
         """Delete every expired stream; returns how many were found expired."""
-        now = time.monotonic()
-        if not self._read_all_at or now - self._read_all_at >= self.full_read_seconds:
-            self.deadlines, self._cursor, self._read_all_at = {}, 0, now
-        bucket = subjects.DS_META_BUCKET
-        self._cursor = await kvread.read_changes(self.streams.nc, bucket, self._cursor, self._apply)
+        await self._bucket.refresh()
         wall = time.time()
         expired = [key for key, when in self.deadlines.items() if when <= wall]
         for key in expired:
